@@ -1,0 +1,110 @@
+"""Device profile schema: where and how a model's latency is measured.
+
+A profile is a YAML file validated by :class:`DeviceProfile`. Unknown fields are errors
+(a typo must not silently fall back to a default). Units live in field names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeasurementSettings(_Strict):
+    """How long to warm up and measure. Stop when both minimums are met (trtexec-style)."""
+
+    warmup_iters: int = Field(10, ge=0, description="Warm-up iterations before timing.")
+    warmup_ms: float = Field(200.0, ge=0, description="Minimum warm-up wall time, ms.")
+    min_iters: int = Field(50, ge=1, description="Minimum timed iterations.")
+    min_duration_ms: float = Field(1000.0, ge=0, description="Minimum timed wall time, ms.")
+    max_iters: int = Field(100_000, ge=1, description="Hard cap on timed iterations.")
+    blocks: int = Field(
+        5, ge=1, description="Interleaved blocks when comparing models on a noisy machine."
+    )
+    percentiles: tuple[float, ...] = Field(
+        (50.0, 90.0, 95.0, 99.0), description="Percentiles reported (nearest rank)."
+    )
+
+    @field_validator("percentiles")
+    @classmethod
+    def _pct_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        for p in v:
+            if not 0 < p <= 100:
+                raise ValueError(f"percentile {p} is outside (0, 100]")
+        return v
+
+
+class OrtSettings(_Strict):
+    """onnxruntime session settings."""
+
+    execution_provider: str = Field("CPUExecutionProvider", description="ORT EP name.")
+    intra_op_threads: int = Field(1, ge=0, description="0 = onnxruntime's default.")
+    inter_op_threads: int = Field(1, ge=0, description="Used only with parallel execution.")
+    allow_spinning: bool = Field(True, description="session.intra_op.allow_spinning.")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class TensorRTSettings(_Strict):
+    """TensorRT builder and runtime settings (see targets/tensorrt.py)."""
+
+    workspace_mb: int = Field(1024, ge=16, description="Builder workspace memory pool, MiB.")
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    dla_core: int | None = Field(None, ge=0, description="DLA core, with GPU fallback.")
+    cuda_graph: bool = False
+    data_transfers: bool = Field(True, description="Include H2D/D2H in Latency.")
+    spin_wait: bool = False
+    min_tensorrt_version: str = Field("10.0", description="Oldest TensorRT accepted.")
+
+
+class PowerSettings(_Strict):
+    """Jetson power state the figures assume; recorded in reports."""
+
+    nvpmodel: int | None = Field(None, description="nvpmodel -m mode id.")
+    nvpmodel_name: str | None = None
+    jetson_clocks: bool = False
+
+
+class RemoteSettings(_Strict):
+    """Measure on an `edgeprune agent` instead of locally."""
+
+    urls: tuple[str, ...] = Field(..., min_length=1, description="Agent base URLs (a pool).")
+    token_env: str = Field("EDGEPRUNE_AGENT_TOKEN", description="Env var holding the token.")
+    timeout_s: float = Field(300.0, gt=0)
+    retries: int = Field(3, ge=0)
+
+
+class DeviceProfile(_Strict):
+    """One device + runtime + precision to measure latency on."""
+
+    name: str
+    description: str = ""
+    device: str = Field("", description="Hardware class, e.g. 'x86-64 CPU', 'Jetson Orin Nano'.")
+    runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    batch: int = Field(1, ge=1)
+    input_shape: tuple[int, int, int] = Field((3, 32, 32), description="C, H, W.")
+    latency_budget_ms: float | None = Field(None, gt=0)
+    channel_multiple: int = Field(
+        1, ge=1, description="Round pruned channel counts to this (calibration may learn it)."
+    )
+    measurement: MeasurementSettings = MeasurementSettings()
+    onnxruntime: OrtSettings = OrtSettings()
+    tensorrt: TensorRTSettings | None = None
+    power: PowerSettings | None = None
+    remote: RemoteSettings | None = None
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive_shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(d < 1 for d in v):
+            raise ValueError(f"input_shape {list(v)} must be positive C, H, W")
+        return v
+
+    @property
+    def full_input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, *self.input_shape)
