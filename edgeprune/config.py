@@ -1,0 +1,133 @@
+"""Typed run configuration for ``edgeprune compress``: YAML in and out, versioned.
+
+Defaults are DESIGN.md's RL-Pruner numbers scaled for a 2-core CPU (larger steps,
+fewer samples, a validation subset); every one can be changed in the run config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeprune.errors import SearchError
+
+CONFIG_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    name: str = Field("resnet20", description="zoo name or package.module:factory")
+    weights: Path | None = Field(None, description="state_dict; None trains a baseline")
+    num_classes: int | None = None
+    trust_pickle: bool = False
+    baseline_epochs: int = Field(15, ge=1, description="epochs when training a baseline")
+
+
+class DataConfig(_Section):
+    source: str = Field("digits", description="data path, .tar.gz, .npz or 'digits'")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    limit: int | None = Field(None, ge=10, description="cap on training images (smoke runs)")
+    seed: int = 0
+
+
+class GoalConfig(_Section):
+    """When to stop pruning: exactly one of these (default: half the baseline latency)."""
+
+    budget_ms: float | None = Field(None, gt=0)
+    speedup: float | None = Field(None, gt=1)
+    sparsity: float | None = Field(None, gt=0, lt=1)
+    flops_ratio: float | None = Field(None, gt=0, lt=1)
+    max_steps: int = Field(40, ge=1, description="hard cap on prune steps")
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> GoalConfig:
+        set_ = [k for k in ("budget_ms", "speedup", "sparsity", "flops_ratio") if getattr(self, k)]
+        if len(set_) > 1:
+            raise ValueError(f"set only one goal, got {', '.join(set_)}")
+        if not set_:
+            self.speedup = 2.0
+        return self
+
+
+class RewardConfig(_Section):
+    kind: Literal["latency", "flops", "params"] = "latency"
+    w: float = Field(-0.07, le=0, description="MnasNet exponent on latency/budget")
+    mode: Literal["both", "over"] = "both"
+    coef: float = Field(0.5, ge=0, description="flops/params reward coefficient")
+
+
+class SearchConfig(_Section):
+    searcher: Literal["rl", "rl-flops", "uniform", "magnitude"] = "rl"
+    step_fraction: float = Field(0.05, gt=0, le=0.5, description="channels per step / total")
+    samples: int = Field(6, ge=1, description="candidates per RL epoch")
+    rl_epochs: int = Field(3, ge=1, description="RL epochs per step")
+    noise: float = Field(0.04, ge=0)
+    step_length: float = Field(0.1, gt=0, le=1, description="lambda")
+    ppo_clip: float = Field(0.2, gt=0, lt=1)
+    epsilon: float = Field(0.4, ge=0, le=1)
+    epsilon_decay_fraction: float = Field(0.1, gt=0, le=1)
+    collapse_drop: float = Field(0.1, gt=0, lt=1, description="relative accuracy drop")
+    criterion: Literal["l1", "l2", "taylor", "bn_scale", "random", "cluster"] = "l1"
+    channel_multiple: int | None = Field(
+        None, ge=1, description="None: from the profile, or discovered by the latency LUT"
+    )
+    round_to_multiple: bool = True
+    use_lut: bool = Field(True, description="LUT-predicted latency for candidates")
+    val_subset: int = Field(1000, ge=50, description="validation images for the proxy")
+    bn_batches: int = Field(4, ge=0, description="training batches for BN re-estimation")
+    measure_every_step: bool = True
+    reward: RewardConfig = RewardConfig()
+
+
+class FinetuneConfig(_Section):
+    step_epochs: int = Field(1, ge=0, description="KD epochs after each step")
+    final_epochs: int = Field(8, ge=0, description="KD epochs at the end")
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(128, ge=1)
+    temperature: float = Field(2.0, gt=0)
+    kd_weight: float = Field(0.75, ge=0, le=1, description="weight of the KL term; CE gets 1-x")
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class RunConfig(_Section):
+    version: int = CONFIG_VERSION
+    seed: int = 0
+    profile: str = "cpu-ort-1t"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    goal: GoalConfig = GoalConfig()
+    search: SearchConfig = SearchConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    threads: int = Field(2, ge=1, description="torch threads for search and fine-tuning")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> RunConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SearchError(f"cannot read run config {path}: {exc}") from exc
+        return cls.validate_dict(raw, where=str(path))
+
+    @classmethod
+    def validate_dict(cls, raw: dict, where: str = "run config") -> RunConfig:
+        if raw.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+            raise SearchError(
+                f"{where}: config version {raw.get('version')} is not {CONFIG_VERSION}; "
+                "re-create it with this edgeprune version"
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(root)"
+            raise SearchError(f"{where}: field '{field}': {first['msg']}") from exc
