@@ -35,9 +35,7 @@ DEFAULT_PROFILE = "cpu-ort-1t"
 
 def _shipped() -> dict[str, Path]:
     root = resources.files("edgeprune.profiles")
-    return {
-        Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")
-    }
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
 def list_profiles() -> list[DeviceProfile]:
@@ -75,7 +73,18 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        # Show the offending value, except for whole mappings (unknown-field errors) where
+        # the field name says it all.
+        bad = first.get("input")
+        got = "" if isinstance(bad, dict) else f" (got {_short(bad)})"
+        more = len(exc.errors()) - 1
+        also = f" ({more} more field error{'s' if more > 1 else ''} after it)" if more else ""
         raise ProfileError(
-            f"profile {path}: field '{field}': {first['msg']} "
-            f"(fix the field; schema in edgeprune/profiles/schema.py)"
+            f"profile {path}: field '{field}': {first['msg']}{got}{also}; "
+            f"fix the field (schema in edgeprune/profiles/schema.py)"
         ) from exc
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

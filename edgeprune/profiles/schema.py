@@ -59,14 +59,25 @@ class TensorRTSettings(_Strict):
     data_transfers: bool = Field(True, description="Include H2D/D2H in Latency.")
     spin_wait: bool = False
     min_tensorrt_version: str = Field("10.0", description="Oldest TensorRT accepted.")
+    gpu_fallback: bool = Field(True, description="With dla_core: run DLA-less layers on the GPU.")
+    timing_cache: bool = Field(True, description="Save/reuse the builder's timing cache.")
+    jetpack: str | None = Field(None, description="JetPack the device runs, e.g. '6.2'.")
+    device_tensorrt_version: str | None = Field(
+        None, description="TensorRT the device ships (JetPack 6.x: 10.3); < 10 is refused."
+    )
 
 
 class PowerSettings(_Strict):
     """Jetson power state the figures assume; recorded in reports."""
 
-    nvpmodel: int | None = Field(None, description="nvpmodel -m mode id.")
-    nvpmodel_name: str | None = None
-    jetson_clocks: bool = False
+    nvpmodel: int | None = Field(
+        None, description="nvpmodel -m mode id (ids differ per module and JetPack)."
+    )
+    nvpmodel_name: str | None = Field(
+        None, description="Mode name `nvpmodel -q` must report; the authority over the id."
+    )
+    jetson_clocks: bool = Field(False, description="Run `sudo jetson_clocks` before measuring.")
+    power_budget_w: float | None = Field(None, gt=0, description="Module power of the mode, W.")
 
 
 class RemoteSettings(_Strict):

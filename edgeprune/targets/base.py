@@ -24,7 +24,10 @@ def nearest_rank(sorted_values: Sequence[float], pct: float) -> float:
     n = len(sorted_values)
     if n == 0:
         raise ValueError("no values")
-    return float(sorted_values[max(n - 1 - int((1 - pct / 100) * n), 0)])
+    # Rounding away float noise first: in doubles (1 - 90/100) * 10 is 0.9999999999999998,
+    # which int() floors to 0 and would report p90 of 1..10 as 10 instead of 9.
+    exclude = int(round((100.0 - pct) * n / 100.0, 9))
+    return float(sorted_values[max(n - 1 - exclude, 0)])
 
 
 @dataclass(frozen=True)

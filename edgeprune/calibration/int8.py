@@ -1,0 +1,299 @@
+"""INT8 by explicit quantization: calibrate on the user's data, write a Q/DQ ONNX.
+
+The same Q/DQ model serves onnxruntime and TensorRT (TensorRT 10 builds it with INT8
+enabled, TensorRT 11 reads the precision from the Q/DQ nodes; the deprecated calibrator
+classes are never used). TensorRT accepts only zero zero-points, so activations are
+quantized symmetrically (``ActivationSymmetric``), weights per output channel; biases stay
+float because TensorRT's DequantizeLinear does not take INT32 (``QuantizeBias: False``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeprune._io import atomic_write_bytes
+from edgeprune.data import normalize
+from edgeprune.errors import DataError, ExportError, OnnxModelError
+from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+try:  # onnxruntime is a core dependency; keep the class importable even without it
+    from onnxruntime.quantization import CalibrationDataReader as _ReaderBase
+except ImportError:  # pragma: no cover - onnxruntime missing
+    _ReaderBase = object  # type: ignore[assignment,misc]
+
+
+class CalibrationReader(_ReaderBase):  # type: ignore[misc,valid-type]
+    """Feeds ``n_samples`` normalised images, chosen deterministically, to ORT's calibrator.
+
+    Args:
+        data_x: uint8 images ``(N, C, H, W)`` (torch tensor or numpy array).
+        mean: Per-channel mean in [0, 1] scale (the training data's).
+        std: Per-channel std in [0, 1] scale.
+        input_name: The ONNX graph input name.
+        n_samples: How many images to calibrate on (capped at ``N``; rounded down to a
+            multiple of ``batch`` because exported models have a static batch).
+        batch: Images per ``get_next()`` (the model's batch size).
+        seed: Selects which images are used; the same seed gives the same samples.
+
+    Raises:
+        DataError: No images, a non-uint8 array, or fewer images than one batch.
+    """
+
+    def __init__(
+        self,
+        data_x: torch.Tensor | np.ndarray,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_name: str,
+        n_samples: int = 256,
+        batch: int = 1,
+        seed: int = 0,
+    ) -> None:
+        x = torch.as_tensor(data_x)
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise DataError(
+                f"calibration data must be uint8 (N, C, H, W) images, got {x.dtype} "
+                f"{list(x.shape)}; pass DataSplits.train_x"
+            )
+        if batch < 1 or n_samples < 1:
+            raise DataError(f"calib samples ({n_samples}) and batch ({batch}) must be >= 1")
+        n = min(n_samples, x.shape[0]) // batch * batch
+        if n == 0:
+            raise DataError(
+                f"calibration needs at least one batch of {batch} images; the data has "
+                f"{x.shape[0]}: use more data or a smaller batch"
+            )
+        rng = np.random.default_rng(seed)
+        # Sorted indices: the same samples in the same order for a given seed.
+        self.indices = np.sort(rng.choice(x.shape[0], size=n, replace=False))
+        self.input_name = input_name
+        self.batch = batch
+        self._x = normalize(x[torch.from_numpy(self.indices)], mean, std).numpy()
+        self._pos = 0
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.indices)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next batch as ``{input_name: float32 array}``, or None when done."""
+        if self._pos >= self.n_samples:
+            return None
+        out = self._x[self._pos : self._pos + self.batch]
+        self._pos += self.batch
+        return {self.input_name: np.ascontiguousarray(out, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        """Start again from the first batch (to calibrate a second time)."""
+        self._pos = 0
+
+
+def _calib_method(method: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if method not in table:
+        raise ExportError(f"unknown calibration method '{method}'; use one of {CALIB_METHODS}")
+    return table[method]
+
+
+def quantize_int8(
+    fp32_onnx: str | Path,
+    out_path: str | Path,
+    reader: CalibrationReader,
+    *,
+    per_channel: bool = True,
+    method: str = "minmax",
+) -> Path:
+    """Calibrate ``fp32_onnx`` on ``reader`` and write a TensorRT-compatible Q/DQ model.
+
+    Runs ``quant_pre_process`` (shape inference + graph cleanup) and then
+    ``quantize_static(..., QuantFormat.QDQ, QInt8 activations and weights, symmetric)``.
+
+    Args:
+        fp32_onnx: The validated float32 export.
+        out_path: Where the INT8 model goes (written atomically).
+        reader: Calibration batches (see :class:`CalibrationReader`).
+        per_channel: Per-output-channel weight scales (recommended for pruned convs).
+        method: ``minmax`` (default), ``entropy`` or ``percentile``.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        OnnxModelError: ``fp32_onnx`` is missing.
+        ExportError: quantization failed (the message carries onnxruntime's reason).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, out_path = Path(fp32_onnx), Path(out_path)
+    if not src.is_file():
+        raise OnnxModelError(f"{src} does not exist; export the FP32 model first")
+    calibrate_method = _calib_method(method)
+    reader.rewind()
+    with tempfile.TemporaryDirectory(prefix="edgeprune-int8-") as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        try:
+            quant_pre_process(str(src), str(pre))
+            quantize_static(
+                str(pre),
+                str(q),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate_method,
+                extra_options={
+                    "ActivationSymmetric": True,  # zero zero-points: TensorRT requires them
+                    "WeightSymmetric": True,
+                    "QuantizeBias": False,  # TensorRT's DequantizeLinear takes no INT32
+                },
+            )
+        except Exception as exc:  # ORT raises plain Exceptions/RuntimeErrors from C++
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ExportError(
+                f"INT8 quantization of {src.name} failed: {first}; check the calibration "
+                "data matches the model's input"
+            ) from exc
+        atomic_write_bytes(out_path, q.read_bytes())
+    return out_path
+
+
+@dataclass(frozen=True)
+class _Eval:
+    top1: float
+    n: int
+
+
+def _top1(prepared: Any, x_uint8: torch.Tensor, y: torch.Tensor, mean: Any, std: Any) -> _Eval:
+    batch = prepared.input_shape[0]
+    n = x_uint8.shape[0] // batch * batch
+    correct = 0
+    for i in range(0, n, batch):
+        xb = normalize(x_uint8[i : i + batch], mean, std).numpy()
+        logits = prepared.run(xb)
+        correct += int((logits.argmax(axis=1) == y[i : i + batch].numpy()).sum())
+    return _Eval(100.0 * correct / max(n, 1), n)
+
+
+def compare_int8(
+    fp32_onnx: str | Path,
+    int8_onnx: str | Path,
+    data: Any,
+    profile: DeviceProfile,
+    *,
+    split: str = "test",
+    settings: MeasurementSettings | None = None,
+) -> dict[str, Any]:
+    """Accuracy and latency of the INT8 model against its FP32 source on the ORT target.
+
+    Latency blocks of the two models are interleaved (``settings.blocks`` each) so a noisy
+    shared CPU hurts both alike; the medians are compared.
+
+    Args:
+        fp32_onnx: The float32 model.
+        int8_onnx: Its Q/DQ INT8 version.
+        data: ``DataSplits`` (uint8 images + labels, mean/std).
+        profile: An onnxruntime profile (threads etc.); batch and input shape must match.
+        split: ``test`` (default) or ``val``.
+        settings: Measurement rules (default: the profile's).
+
+    Returns:
+        ``top1_fp32``, ``top1_int8``, ``top1_drop_points``, ``n_eval``, ``p50/p90_*_ms``,
+        ``speedup_p50`` (fp32 / int8), file sizes and the latency settings.
+    """
+    from edgeprune.targets.onnxruntime import OrtTarget
+
+    if split not in ("test", "val"):
+        raise DataError(f"split must be 'test' or 'val', not '{split}'")
+    x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+    if x.shape[0] == 0:
+        raise DataError(f"the data has no {split} split; use split='val'")
+    target, settings = OrtTarget(), settings or profile.measurement
+    fp32 = target.prepare(Path(fp32_onnx), profile)
+    int8 = target.prepare(Path(int8_onnx), profile)
+    try:
+        acc32 = _top1(fp32, x, y, data.mean, data.std)
+        acc8 = _top1(int8, x, y, data.mean, data.std)
+        stats: dict[str, Any] = {}
+        for block in range(settings.blocks):
+            for key, prep in (("fp32", fp32), ("int8", int8)):
+                s = target.measure(prep, None, settings, warmup=block == 0)
+                stats[key] = s if key not in stats else stats[key].merged(s)
+    finally:
+        fp32.close()
+        int8.close()
+    s32, s8 = stats["fp32"], stats["int8"]
+    return {
+        "split": split,
+        "n_eval": acc32.n,
+        "top1_fp32": acc32.top1,
+        "top1_int8": acc8.top1,
+        "top1_drop_points": acc32.top1 - acc8.top1,
+        "p50_fp32_ms": s32.median_ms,
+        "p50_int8_ms": s8.median_ms,
+        "p90_fp32_ms": s32.p90_ms,
+        "p90_int8_ms": s8.p90_ms,
+        "speedup_p50": s32.median_ms / s8.median_ms,
+        "size_fp32_bytes": Path(fp32_onnx).stat().st_size,
+        "size_int8_bytes": Path(int8_onnx).stat().st_size,
+        "latency_settings": dict(s32.settings),
+    }
+
+
+def export_int8(
+    fp32_onnx: str | Path,
+    out_path: str | Path,
+    data: Any,
+    *,
+    n_samples: int = 256,
+    seed: int = 0,
+    per_channel: bool = True,
+    method: str = "minmax",
+) -> Path:
+    """Calibrate on ``n_samples`` training images of ``data`` and write the Q/DQ model.
+
+    The input name and the (static) batch are read from ``fp32_onnx``, so this is what
+    ``edgeprune export --int8 --calib-data D --calib-samples N`` calls.
+
+    Args:
+        fp32_onnx: The float32 export.
+        out_path: The INT8 model's path (e.g. ``model.int8.onnx``).
+        data: ``DataSplits``; calibration uses its training split, never the test split.
+        n_samples: Calibration images.
+        seed: Which images (deterministic).
+        per_channel: Per-channel weight scales.
+        method: ``minmax``, ``entropy`` or ``percentile``.
+
+    Returns:
+        ``out_path``.
+    """
+    import onnx
+
+    src = Path(fp32_onnx)
+    if not src.is_file():
+        raise OnnxModelError(f"{src} does not exist; export the FP32 model first")
+    graph = onnx.load(str(src), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    inp = next(v for v in graph.input if v.name not in inits)
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    batch = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else 1
+    reader = CalibrationReader(
+        data.train_x, data.mean, data.std, inp.name, n_samples=n_samples, batch=batch, seed=seed
+    )
+    return quantize_int8(src, out_path, reader, per_channel=per_channel, method=method)

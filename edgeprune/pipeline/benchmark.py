@@ -1,0 +1,268 @@
+"""Compare ONNX models on device profiles, measured in interleaved blocks.
+
+On a shared or thermally throttling machine, timing model A for 3 s and then model B for
+3 s lets a burst of background load land on one of them only. Here every model is warmed
+up first, then measured in ``blocks`` rounds; each round gives every model 1/blocks of the
+profile's iterations and duration, in an order rotated round by round. Noise then hits
+all models alike, and the medians compare fairly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from edgeprune._io import atomic_write_json, sha256_file
+from edgeprune.errors import TargetUnavailableError
+from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
+from edgeprune.targets.base import LatencyStats, Prepared, Target, target_for
+from edgeprune.targets.timing import host_info, random_input
+
+RESULT_VERSION = 1
+BENCHMARK_FILE = "benchmark.json"
+COV_WARN = 0.025  # trtexec warns above 2.5 %
+
+
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    """One model measured on one profile.
+
+    Attributes:
+        model: Short model name (the file name without ``.onnx``).
+        onnx_path: The ONNX file.
+        onnx_sha256: Its hash, so a figure can be tied to exact weights and graph.
+        profile: Profile name.
+        profile_settings: The full profile, as validated.
+        latency: All timed iterations of all blocks, merged.
+        speedup_vs_first: p50 of the first model on this profile / p50 of this one.
+        block_counts: Iterations timed in each block, in round order.
+        block_positions: This model's position in each round (shows the rotation).
+    """
+
+    model: str
+    onnx_path: Path
+    onnx_sha256: str
+    profile: str
+    profile_settings: Mapping[str, Any]
+    latency: LatencyStats
+    speedup_vs_first: float
+    block_counts: tuple[int, ...]
+    block_positions: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "model": self.model,
+            "onnx_path": str(self.onnx_path),
+            "onnx_sha256": self.onnx_sha256,
+            "profile": self.profile,
+            "profile_settings": dict(self.profile_settings),
+            "latency": self.latency.to_dict(),
+            "speedup_vs_first": self.speedup_vs_first,
+            "block_counts": list(self.block_counts),
+            "block_positions": list(self.block_positions),
+        }
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Every (model, profile) measurement of one benchmark run.
+
+    Attributes:
+        created: ISO 8601 time (UTC) the run finished.
+        host: :func:`edgeprune.targets.timing.host_info` of the measuring machine.
+        entries: One per (profile, model), profiles in the order given, models likewise.
+    """
+
+    created: str
+    host: Mapping[str, Any]
+    entries: tuple[BenchmarkEntry, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``benchmark.json`` document."""
+        return {
+            "version": RESULT_VERSION,
+            "created": self.created,
+            "host": dict(self.host),
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+
+def block_settings(settings: MeasurementSettings, blocks: int) -> MeasurementSettings:
+    """One block's share of a profile's measurement: 1/blocks of the minimums, no warm-up."""
+    return settings.model_copy(
+        update={
+            "warmup_iters": 0,
+            "warmup_ms": 0.0,
+            "min_iters": max(1, math.ceil(settings.min_iters / blocks)),
+            "min_duration_ms": settings.min_duration_ms / blocks,
+            "max_iters": max(1, math.ceil(settings.max_iters / blocks)),
+        }
+    )
+
+
+def _warmup_settings(settings: MeasurementSettings) -> MeasurementSettings:
+    # The profile's warm-up followed by a single timed iteration, which is discarded.
+    return settings.model_copy(update={"min_iters": 1, "min_duration_ms": 0.0, "max_iters": 1})
+
+
+def _model_names(paths: Sequence[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    # Same stem in two folders (run1/model.onnx, run2/model.onnx): keep them apart.
+    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
+
+
+def _check_available(target: Target, profile: DeviceProfile) -> None:
+    available_for = getattr(target, "available_for", None)
+    ok, reason = available_for(profile) if callable(available_for) else target.available()
+    if not ok:
+        raise TargetUnavailableError(f"profile '{profile.name}' needs {target.name}: {reason}")
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
+    """Yield a ``tick()`` that advances a progress bar on stderr (a no-op when disabled)."""
+    if not enabled:
+        yield lambda: None
+        return
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("benchmark", total=total)
+        yield lambda: bar.advance(task)
+
+
+def _measure_profile(
+    paths: Sequence[Path],
+    names: Sequence[str],
+    hashes: Sequence[str],
+    profile: DeviceProfile,
+    blocks: int,
+    tick: Callable[[], None],
+) -> list[BenchmarkEntry]:
+    target = target_for(profile)
+    _check_available(target, profile)
+    prepared: list[Prepared] = []
+    try:
+        for path in paths:
+            prepared.append(target.prepare(path, profile))
+        x = random_input(profile.full_input_shape, seed=0)  # same input for every model
+        for p in prepared:
+            target.measure(p, x, _warmup_settings(profile.measurement))
+            tick()
+        per_block = block_settings(profile.measurement, blocks)
+        stats: list[LatencyStats | None] = [None] * len(paths)
+        counts: list[list[int]] = [[] for _ in paths]
+        positions: list[list[int]] = [[] for _ in paths]
+        n = len(paths)
+        for rnd in range(blocks):
+            order = [(rnd + k) % n for k in range(n)]
+            for pos, i in enumerate(order):
+                s = target.measure(prepared[i], x, per_block)
+                prev = stats[i]
+                stats[i] = s if prev is None else prev.merged(s)
+                counts[i].append(s.count)
+                positions[i].append(pos)
+                tick()
+    finally:
+        for p in prepared:
+            p.close()
+
+    entries: list[BenchmarkEntry] = []
+    first_p50: float | None = None
+    for i, path in enumerate(paths):
+        merged = stats[i]
+        assert merged is not None  # blocks >= 1, so every model was measured
+        latency = LatencyStats(
+            merged.times_ms,
+            {**merged.settings, "blocks": blocks, "interleaved_models": n},
+            merged.metric,
+        )
+        if first_p50 is None:
+            first_p50 = latency.p50_ms
+        entries.append(
+            BenchmarkEntry(
+                model=names[i],
+                onnx_path=path,
+                onnx_sha256=hashes[i],
+                profile=profile.name,
+                profile_settings=profile.model_dump(mode="json"),
+                latency=latency,
+                speedup_vs_first=first_p50 / latency.p50_ms,
+                block_counts=tuple(counts[i]),
+                block_positions=tuple(positions[i]),
+            )
+        )
+    return entries
+
+
+def benchmark(
+    onnx_paths: Sequence[Path],
+    profiles: Sequence[DeviceProfile],
+    *,
+    out_dir: Path | None = None,
+    blocks: int | None = None,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Measure every ONNX model on every profile, in interleaved blocks.
+
+    Args:
+        onnx_paths: Models to compare; the first is the reference for ``speedup_vs_first``.
+        profiles: Device profiles, measured one after the other.
+        out_dir: When given, ``benchmark.json`` is written there atomically.
+        blocks: Rounds per profile; default each profile's ``measurement.blocks``.
+        progress: Show a progress bar on stderr.
+
+    Raises:
+        TargetUnavailableError: A profile's runtime is not usable here.
+        OnnxModelError: A file is not ONNX, or does not take a profile's input shape.
+        ValueError: No models, no profiles, or blocks < 1.
+    """
+    paths = [Path(p) for p in onnx_paths]
+    if not paths or not profiles:
+        raise ValueError("benchmark needs at least one ONNX file and one profile")
+    if blocks is not None and blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
+    names = _model_names(paths)
+    hashes = [sha256_file(p) if p.is_file() else "" for p in paths]
+    rounds = [blocks or prof.measurement.blocks for prof in profiles]
+    total = sum(len(paths) * (r + 1) for r in rounds)
+    entries: list[BenchmarkEntry] = []
+    with _progress(progress, total) as tick:
+        for prof, rnd in zip(profiles, rounds, strict=True):
+            entries.extend(_measure_profile(paths, names, hashes, prof, rnd, tick))
+    result = BenchmarkResult(
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        host=host_info(),
+        entries=tuple(entries),
+    )
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / BENCHMARK_FILE, result.to_dict())
+    return result
+
+
+def render_table(result: BenchmarkResult) -> Table:
+    """A terminal table: model, profile, p50/p90/p99 (ms), CoV (yellow above 2.5 %), speedup."""
+    table = Table(title=f"Latency on {result.host.get('cpu_model', 'this host')}")
+    for col in ("model", "profile", "p50 ms", "p90 ms", "p99 ms", "CoV", "speedup"):
+        table.add_column(col, justify="left" if col in ("model", "profile") else "right")
+    for e in result.entries:
+        lat = e.latency
+        cov = f"{lat.cov:.1%}"
+        table.add_row(
+            e.model,
+            e.profile,
+            f"{lat.p50_ms:.3f}",
+            f"{lat.p90_ms:.3f}",
+            f"{lat.p99_ms:.3f}",
+            f"[yellow]{cov}[/]" if lat.cov > COV_WARN else cov,
+            f"{e.speedup_vs_first:.2f}x",
+        )
+    return table

@@ -1,0 +1,195 @@
+"""The end of ``edgeprune compress``: final distillation, export, measurement, report.json.
+
+The final latency figure is the exported ONNX measured in interleaved blocks with the
+baseline ONNX in the same process (noise hits both alike); accuracy on the test split is
+reported here and nowhere earlier (the search and model selection only see validation).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from edgeprune import __version__
+from edgeprune._io import atomic_write_json
+from edgeprune.pipeline.export import export_onnx
+from edgeprune.pipeline.finetune import distill_
+from edgeprune.pipeline.groups import count_macs_params
+from edgeprune.pipeline.plan import PruningPlan
+from edgeprune.pipeline.pruned_io import save_pruned
+from edgeprune.pipeline.train import evaluate
+from edgeprune.targets.timing import host_info
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgeprune.pipeline.compress import _Run
+
+REPORT_VERSION = 1
+FINAL_BLOCKS = 7
+
+
+def finish(ctx: _Run, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
+    model: nn.Module = st.pop("model")
+    cfg = ctx.config
+    if st["phase"] == "finetune":
+        t = time.perf_counter()
+        ctx.console.print(f"[bold]final fine-tune[/]: {cfg.finetune.final_epochs} KD epochs")
+        distill_(model, ctx.base, ctx.data, cfg.finetune, cfg.finetune.final_epochs,
+                 seed=cfg.seed + 10_000, progress=True, description="final fine-tune (KD)")
+        st["final_finetune_s"] = time.perf_counter() - t
+        st["phase"] = "final"
+        ctx.run.save_checkpoint(st, model.state_dict())
+    removed = {int(g): ix for g, ix in st["removed_base"].items() if ix}
+    keep = {g.id: g.width - len(removed.get(g.id, ())) for g in ctx.base_groups.prunable}
+    plan = PruningPlan(keep={g: k for g, k in keep.items()}, channel_multiple=1)
+    save_pruned(ctx.run.pruned_dir, model, spec=ctx.spec, groups=ctx.base_groups, plan=plan,
+                removed=removed)
+    base_export = export_onnx(ctx.base, ctx.profile, ctx.run.baseline_onnx)
+    final_export = export_onnx(model, ctx.profile, ctx.run.onnx_path)
+    ctx.console.print("[bold]measuring[/] model.onnx against baseline.onnx (interleaved)")
+    cmp = ctx.oracle.measure_vs_baseline(ctx.run.onnx_path, ctx.run.baseline_onnx,
+                                         blocks=FINAL_BLOCKS)
+    report = _report(ctx, st, model, cmp, base_export, final_export, wall_s)
+    atomic_write_json(ctx.run.report_path, report)
+    _render(ctx)
+    st["phase"] = "done"
+    ctx.run.save_checkpoint(st, model.state_dict())
+    ctx.console.print(summary_table(report))
+    return report
+
+
+def _accuracies(ctx: _Run, model: nn.Module) -> dict[str, float | None]:
+    d = ctx.data
+    test = evaluate(model, d.test_x, d.test_y, d.mean, d.std) if d.test_x.shape[0] else None
+    return {"val": evaluate(model, d.val_x, d.val_y, d.mean, d.std), "test": test}
+
+
+def _channels(ctx: _Run, st: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for g in ctx.base_groups:
+        gone = len(st["removed_base"].get(str(g.id), ()))
+        rows.append({"group": g.id, "name": g.name, "before": g.width, "after": g.width - gone,
+                     "frozen": g.frozen_reason})
+    return rows
+
+
+def _report(ctx: _Run, st: dict[str, Any], model: nn.Module, cmp: Any, base_export: Any,
+            final_export: Any, wall_s: float) -> dict[str, Any]:
+    macs, params = count_macs_params(model, ctx.example)
+    base_stats, final_stats = cmp.baseline, cmp.candidate
+    budget = st["budget_ms"]
+    met = None if budget is None else final_stats.p50_ms <= budget
+    lut = None
+    if ctx.predictor is not None:
+        samples = st["lut_samples"]
+        errs = [abs(s["predicted_ms"] - s["latency_ms"]) / s["latency_ms"] for s in samples]
+        lut = {
+            "channel_multiple": ctx.predictor.channel_multiple,
+            "prediction_error": {
+                "n": len(errs),
+                "mape": sum(errs) / len(errs) if errs else None,
+                "max_abs_pct": max(errs) if errs else None,
+            },
+            "note": "LUT prediction (calibrated on the measurements before it) vs the "
+                    "interleaved measurement of each step's kept model",
+        }
+    candidates = [
+        {k: r.get(k) for k in ("step", "tag", "accuracy", "latency_ms", "latency_source",
+                               "macs", "reward")}
+        for r in ctx.run.log_rows() if "error" not in r
+    ]
+    return {
+        "version": REPORT_VERSION,
+        "kind": "compress",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgeprune_version": __version__,
+        "config": ctx.config.model_dump(mode="json"),
+        "profile": ctx.profile.model_dump(mode="json"),
+        "environment": host_info(),
+        "data": {"name": ctx.data.name, "classes": len(ctx.data.classes),
+                 "train": int(ctx.data.train_x.shape[0]), "val": int(ctx.data.val_x.shape[0]),
+                 "test": int(ctx.data.test_x.shape[0])},
+        "goal": {"budget_ms": budget, "budget_met": met, "stop_reason": st["stop_reason"],
+                 **ctx.config.goal.model_dump(mode="json")},
+        "baseline": {
+            "model": ctx.spec.to_dict(),
+            "accuracy": _accuracies(ctx, ctx.base),
+            "macs": ctx.base_groups.macs,
+            "params": ctx.base_groups.params,
+            "onnx_bytes": base_export.size_bytes,
+            "latency": {ctx.profile.name: base_stats.to_dict()},
+            "latency_at_start": st["baseline_stats"],
+        },
+        "final": {
+            "accuracy": _accuracies(ctx, model),
+            "macs": macs,
+            "params": params,
+            "onnx_bytes": final_export.size_bytes,
+            "latency": {ctx.profile.name: final_stats.to_dict()},
+        },
+        "speedup": {
+            "measured_p50": base_stats.p50_ms / final_stats.p50_ms,
+            "median_block_ratio": 1 / cmp.ratio,
+            "macs_ratio": ctx.base_groups.macs / max(macs, 1),
+        },
+        "channels": _channels(ctx, st),
+        "search": {
+            "searcher": ctx.config.search.searcher,
+            "channel_multiple": st["multiple"],
+            "steps": st["steps"],
+            "redos": st["redos"],
+            "candidates": candidates,
+            "oracle": {"hits": ctx.oracle.hits, "misses": ctx.oracle.misses},
+        },
+        "lut": lut,
+        "export": {"baseline": _export_dict(base_export), "final": _export_dict(final_export)},
+        "timing_s": {"total": wall_s, "search": st.get("search_s"),
+                     "final_finetune": st.get("final_finetune_s"), **ctx.timings},
+        "artifacts": {"onnx": "model.onnx", "baseline_onnx": "baseline.onnx",
+                      "pruned_model": "model_pruned/", "search_log": "search.jsonl"},
+    }
+
+
+def _export_dict(info: Any) -> dict[str, Any]:
+    d = info.to_dict()
+    d["path"] = info.path.name
+    return d
+
+
+def _render(ctx: _Run) -> None:
+    """report.md / report.html, when the report package provides renderers."""
+    try:
+        from edgeprune.report import render_run
+    except ImportError:
+        return
+    render_run(ctx.run.root)
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Baseline vs final, for the terminal."""
+    prof = report["profile"]["name"]
+    b, f = report["baseline"], report["final"]
+    t = Table(title=f"edgeprune compress — {prof}")
+    for col in ("", "baseline", "pruned", "change"):
+        t.add_column(col, justify="right")
+
+    def acc(d: dict[str, Any], k: str) -> str:
+        v = d["accuracy"][k]
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    bp, fp = b["latency"][prof]["p50_ms"], f["latency"][prof]["p50_ms"]
+    t.add_row("p50 latency", f"{bp:.3f} ms", f"{fp:.3f} ms", f"{bp / fp:.2f}x faster")
+    budget = report["goal"]["budget_ms"]
+    if budget is not None:
+        t.add_row("budget", "", f"{budget:.3f} ms",
+                  "met" if report["goal"]["budget_met"] else "NOT met")
+    t.add_row("MACs", f"{b['macs'] / 1e6:.2f}M", f"{f['macs'] / 1e6:.2f}M",
+              f"{b['macs'] / max(f['macs'], 1):.2f}x fewer")
+    t.add_row("params", f"{b['params'] / 1e6:.3f}M", f"{f['params'] / 1e6:.3f}M", "")
+    t.add_row("val top-1", acc(b, "val"), acc(f, "val"), "")
+    t.add_row("test top-1", acc(b, "test"), acc(f, "test"), "")
+    return t

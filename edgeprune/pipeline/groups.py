@@ -1,0 +1,422 @@
+"""Prunable channel groups of a model, found with Torch-Pruning's dependency graph.
+
+A *group* is a set of channels that must go together: a conv's outputs, its BN, the next
+layer's inputs, and everything tied to them by residual adds, concats or depthwise convs.
+:func:`build_groups` traces the model once (Torch-Pruning 1.6.1), then stores each group as
+plain data: for every member layer, *by name*, which pruning function touches which indices.
+Pruning a fresh copy then needs no new trace (a trace of ResNet-56 costs more than applying a
+plan), and the result is the same on any copy of the architecture.
+
+Torch-Pruning's traps, handled here rather than trusted:
+
+* groups are listed with our own deterministic ids and names (definition order of the layer
+  that produces the channels), one plan entry per group, never per conv;
+* the group that feeds the model output (the classifier) is frozen, as are groups holding a
+  caller's ``ignored_layers``;
+* some groups are wrong (``F.pad`` zero-pad shortcuts are traced as elementwise): every group
+  is probed by removing a few channels on a float64 copy and comparing the output with the
+  original whose same channels are zeroed; a group that fails is frozen with the reason;
+* a model whose forward branches on data is refused (one trace sees one path).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeprune.errors import PruningError
+from edgeprune.pipeline.prune import (
+    MemberOp,
+    apply_removed_,
+    forward_probe,
+    reached_layers,
+    zero_removed_,
+)
+
+__all__ = ["GroupInfo", "GroupSet", "MemberOp", "build_groups", "count_macs_params"]
+
+# Relative tolerance of the probe: pruned float64 output vs. zeroed float64 output.
+_PROBE_RTOL = 1e-7
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One prunable channel group.
+
+    Attributes:
+        id: Stable index (definition order of the layer that produces the channels).
+        name: That layer's name.
+        members: Names of every layer whose weights the group touches (outputs or inputs).
+        width: Channels in the group.
+        macs_share: Fraction of the model's MACs in conv/linear layers whose input or output
+            channels are this group (a layer counts for both its groups, so shares sum to ~2).
+        frozen_reason: Why the group must keep all channels, or None when it is prunable.
+        channel_step: Channels are removed in multiples of this (the ``groups`` of a grouped,
+            non-depthwise conv among the members; 1 otherwise).
+        ops: The pruning operations, by layer name (used by prune and importance).
+    """
+
+    id: int
+    name: str
+    members: tuple[str, ...]
+    width: int
+    macs_share: float
+    frozen_reason: str | None = None
+    channel_step: int = 1
+    ops: tuple[MemberOp, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def frozen(self) -> bool:
+        """True when the group may not be pruned."""
+        return self.frozen_reason is not None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary (without the pruning operations)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "members": list(self.members),
+            "width": self.width,
+            "macs_share": self.macs_share,
+            "frozen_reason": self.frozen_reason,
+            "channel_step": self.channel_step,
+        }
+
+
+@dataclass(frozen=True)
+class GroupSet:
+    """All channel groups of one architecture, plus what pruning needs to verify a result.
+
+    Attributes:
+        groups: Every group, frozen ones included, ordered by id.
+        input_shape: Shape of the example input the groups were traced with.
+        output_shape: Shape of the model output for that input.
+        macs: MACs of the unpruned model for ``input_shape``.
+        params: Parameters of the unpruned model.
+        model_class: Class name of the model, for messages.
+        ignored_layers: Layer names the caller asked to keep unpruned.
+    """
+
+    groups: tuple[GroupInfo, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+    params: int
+    model_class: str
+    ignored_layers: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[GroupInfo]:
+        return iter(self.groups)
+
+    def __getitem__(self, group_id: int) -> GroupInfo:
+        if not isinstance(group_id, int) or not 0 <= group_id < len(self.groups):
+            raise PruningError(
+                f"unknown group id {group_id!r} for {self.model_class} "
+                f"(valid ids: 0..{len(self.groups) - 1}) — take ids from build_groups()"
+            )
+        return self.groups[group_id]
+
+    @property
+    def prunable(self) -> tuple[GroupInfo, ...]:
+        """Groups that may lose channels."""
+        return tuple(g for g in self.groups if not g.frozen)
+
+    @property
+    def frozen(self) -> tuple[GroupInfo, ...]:
+        """Groups that keep all channels, each with its ``frozen_reason``."""
+        return tuple(g for g in self.groups if g.frozen)
+
+    def example_input(self) -> torch.Tensor:
+        """A deterministic input of ``input_shape`` (for forward checks and MAC counts)."""
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(self.input_shape, generator=gen)
+
+
+def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """MACs and parameters of ``model`` for one forward of ``example_input``.
+
+    Uses ``tp.utils.count_ops_and_params`` (which runs on a copy; ``model`` is untouched).
+    """
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_input)
+    return int(macs), int(params)
+
+
+def build_groups(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    ignored_layers: Sequence[str] | None = None,
+) -> GroupSet:
+    """List the prunable channel groups of ``model``.
+
+    Args:
+        model: Any ``nn.Module`` whose forward runs on ``example_input``; not modified.
+        example_input: One input batch (batch size 1 is enough).
+        ignored_layers: Names of layers whose output channels must not be pruned.
+
+    Returns:
+        The groups; frozen ones carry the reason.
+
+    Raises:
+        PruningError: The model does not run on the input, branches on data, or names in
+            ``ignored_layers`` are not layers of the model.
+    """
+    name = type(model).__name__
+    ignored = tuple(ignored_layers or ())
+    names = dict(model.named_modules())
+    unknown = [n for n in ignored if n not in names]
+    if unknown:
+        raise PruningError(
+            f"ignored_layers {unknown} are not layers of {name} — use names from "
+            "model.named_modules()"
+        )
+    work = copy.deepcopy(model).eval()
+    x = example_input.detach()
+    try:
+        with torch.no_grad():
+            out = work(x)
+    except Exception as exc:
+        raise PruningError(
+            f"{name} does not run on an input of shape {tuple(x.shape)}: {exc} — "
+            "pass an example input the model accepts"
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise PruningError(
+            f"{name} returns a {type(out).__name__}; the pruning engine needs a model that "
+            "returns one tensor — wrap it so forward returns the logits"
+        )
+    _check_static_control_flow(work, x, name)
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(work, x, verbose=False)
+    _check_all_layers_traced(work, graph, x, name)
+    raw = _trace_groups(work, graph, ignored)
+    macs, params, layer_macs = _layer_macs(work, x)
+    infos = [
+        GroupInfo(
+            id=i,
+            name=r.name,
+            members=r.members,
+            width=r.width,
+            macs_share=sum(layer_macs.get(m, 0) for m in r.macs_layers) / max(macs, 1),
+            frozen_reason=r.frozen_reason,
+            channel_step=r.step,
+            ops=r.ops,
+        )
+        for i, r in enumerate(raw)
+    ]
+    infos = _freeze_unsafe(model, infos, x)
+    return GroupSet(
+        groups=tuple(infos),
+        input_shape=tuple(x.shape),
+        output_shape=tuple(out.shape),
+        macs=macs,
+        params=params,
+        model_class=name,
+        ignored_layers=ignored,
+    )
+
+
+@dataclass(frozen=True)
+class _RawGroup:
+    name: str
+    members: tuple[str, ...]
+    width: int
+    step: int
+    ops: tuple[MemberOp, ...]
+    macs_layers: tuple[str, ...]
+    frozen_reason: str | None
+
+
+def _trace_groups(
+    model: nn.Module, graph: tp.DependencyGraph, ignored: tuple[str, ...]
+) -> list[_RawGroup]:
+    """Walk candidate roots in definition order (not trace order) so ids and names are stable."""
+    module_names = {m: n for n, m in model.named_modules()}
+    visited: set[nn.Module] = set()
+    raw: list[_RawGroup] = []
+    for root_name, root in model.named_modules():
+        if root in visited or root not in graph.module2node:
+            continue
+        if not isinstance(root, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+            continue
+        pruner = graph.get_pruner_of_module(root)
+        width = None if pruner is None else pruner.get_out_channels(root)
+        if not width:
+            continue
+        group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(width)))
+        ops: list[MemberOp] = []
+        reasons: list[str] = []
+        for item in group:
+            dep, node = item.dep, item.dep.target
+            is_out = graph.is_out_channel_pruning_fn(dep.handler)
+            if is_out and not node.outputs:
+                reasons.append("produces the model output (classifier)")
+            if isinstance(node.module, nn.Parameter):
+                layer = graph._param_to_name.get(node.module, "?")
+            elif node.module in module_names:
+                layer = module_names[node.module]
+            else:
+                continue  # Torch-Pruning's placeholder ops (add, cat, ...): nothing to prune
+            if is_out:
+                visited.add(node.module)
+            if any(r is None for r in item.root_idxs):
+                reasons.append(f"index mapping through {layer} is not traceable")
+                continue
+            ops.append(
+                MemberOp(
+                    layer=layer,
+                    handler=dep.handler,
+                    is_out=is_out,
+                    is_param=isinstance(node.module, nn.Parameter),
+                    pruning_dim=node.pruning_dim,
+                    idxs=tuple(int(i) for i in item.idxs),
+                    root_idxs=tuple(int(i) for i in item.root_idxs),
+                )
+            )
+        hit = sorted({op.layer for op in ops if op.is_out and op.layer in ignored})
+        if hit:
+            reasons.append(f"contains ignored layer(s) {', '.join(hit)}")
+        members = tuple(dict.fromkeys(op.layer for op in ops))
+        step = _channel_step(model, ops)
+        if not reasons and width <= step:
+            reasons.append(f"too narrow to prune ({width} channels, channel step {step})")
+        raw.append(
+            _RawGroup(
+                name=root_name,
+                members=members,
+                width=width,
+                step=step,
+                ops=tuple(ops),
+                macs_layers=tuple(
+                    m for m in members if isinstance(_get(model, m), (nn.Conv2d, nn.Linear))
+                ),
+                frozen_reason="; ".join(dict.fromkeys(reasons)) or None,
+            )
+        )
+    return raw
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _channel_step(model: nn.Module, ops: Sequence[MemberOp]) -> int:
+    """A grouped (non-depthwise) conv keeps its groups equal only if each loses as many."""
+    step = 1
+    for op in ops:
+        layer = _get(model, op.layer)
+        if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1:
+            depthwise = layer.groups == layer.out_channels
+            if not depthwise:
+                step = math.lcm(step, layer.groups)
+    return step
+
+
+def _layer_macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int, dict[str, int]]:
+    with torch.no_grad():
+        macs, params, per_layer, _ = tp.utils.count_ops_and_params(model, x, layer_wise=True)
+    names = {m: n for n, m in model.named_modules()}
+    by_name = {names[m]: int(v) for m, v in per_layer.items() if m in names and v}
+    return int(macs), int(params), by_name
+
+
+def probe_removed(info: GroupInfo) -> tuple[int, ...]:
+    """The channels the safety probe removes: one middle position in each channel block."""
+    block = info.width // info.channel_step
+    return tuple(block // 2 + b * block for b in range(info.channel_step))
+
+
+def _freeze_unsafe(model: nn.Module, infos: list[GroupInfo], x: torch.Tensor) -> list[GroupInfo]:
+    """Probe all prunable groups at once; if that fails, probe each alone to find the culprits."""
+    candidates = [g for g in infos if not g.frozen]
+    if not candidates:
+        return infos
+    base = copy.deepcopy(model).double().eval()
+    # A seeded random input, not the caller's (which may be all zeros): the probe compares
+    # functions, so every channel should carry signal. float64 keeps the tolerance tight.
+    xd = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    if _probe(base, candidates, xd) is None:
+        return infos
+    out = []
+    for g in infos:
+        reason = None if g.frozen else _probe(base, [g], xd)
+        out.append(g if reason is None else _replace_reason(g, f"unsafe to prune: {reason}"))
+    return out
+
+
+def _replace_reason(g: GroupInfo, reason: str) -> GroupInfo:
+    return GroupInfo(g.id, g.name, g.members, g.width, g.macs_share, reason, g.channel_step, g.ops)
+
+
+def _probe(base: nn.Module, groups: Sequence[GroupInfo], x: torch.Tensor) -> str | None:
+    """None when removing the probe channels equals zeroing them; else what went wrong."""
+    removed = {g.id: probe_removed(g) for g in groups}
+    by_id = {g.id: g for g in groups}
+    zeroed = copy.deepcopy(base)
+    zero_removed_(zeroed, by_id, removed)
+    pruned = copy.deepcopy(base)
+    try:
+        apply_removed_(pruned, by_id, removed)
+    except Exception as exc:
+        return f"layer surgery failed ({type(exc).__name__}: {_first_line(exc)})"
+    return forward_probe(zeroed, pruned, x, _PROBE_RTOL)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _check_static_control_flow(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """Two different inputs must run the same layers in the same order."""
+    gen = torch.Generator().manual_seed(1)
+    other = -3.0 * torch.randn(x.shape, generator=gen, dtype=x.dtype) - 1.0
+    first, second = reached_layers(model, x), reached_layers(model, other)
+    if first != second:
+        diff = sorted(set(first) ^ set(second)) or ["(same layers, different order)"]
+        raise PruningError(
+            f"model {name} has data-dependent control flow (layers {', '.join(diff[:5])} run "
+            "for some inputs only); Torch-Pruning traces one path; make the forward static"
+        )
+
+
+def _check_all_layers_traced(
+    model: nn.Module, graph: tp.DependencyGraph, x: torch.Tensor, name: str
+) -> None:
+    """Layers with weights the trace never reached would keep stale channel counts."""
+    missed = [
+        n
+        for n, m in model.named_modules()
+        if n and any(True for _ in m.parameters(recurse=False)) and m not in graph.module2node
+    ]
+    if not missed:
+        return
+    detail = _fx_control_flow_error(model)
+    why = f"; torch.fx: {detail}" if detail else ""
+    raise PruningError(
+        f"model {name} has data-dependent control flow or unused layers (layers "
+        f"{', '.join(missed[:5])} never run for the example input{why}); Torch-Pruning traces "
+        "one path; make the forward static and remove unused layers"
+    )
+
+
+def _fx_control_flow_error(model: nn.Module) -> str | None:
+    """torch.fx names the control-flow statement that depends on a tensor, when there is one."""
+    try:
+        torch.fx.symbolic_trace(model)
+    except Exception as exc:
+        return _first_line(exc)
+    return None

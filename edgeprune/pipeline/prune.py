@@ -1,0 +1,296 @@
+"""Apply a PruningPlan: pick the channels to remove, then cut them out of a fresh copy.
+
+The search applies thousands of plans to one base model, so this path never re-traces the
+model: each group's operations were recorded by name in :func:`build_groups`, and removal
+indices (in the base model's coordinates) are merged per layer and applied once. Merging is
+what keeps concat-fed layers right: two groups can cut different input channels of the same
+conv, and applying them one after the other would shift the second group's indices.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from edgeprune.errors import PruningError
+
+if TYPE_CHECKING:
+    from edgeprune.pipeline.groups import GroupInfo, GroupSet
+    from edgeprune.pipeline.plan import PruningPlan
+
+__all__ = [
+    "MemberOp",
+    "PruneResult",
+    "apply_removed",
+    "prune",
+    "removed_from_scores",
+    "zero_removed_",
+]
+
+
+@dataclass(frozen=True)
+class MemberOp:
+    """One Torch-Pruning operation of a group, addressed by layer name.
+
+    Attributes:
+        layer: Module name (or parameter name when ``is_param``).
+        handler: Torch-Pruning pruning function (e.g. ``tp.prune_conv_out_channels``).
+        is_out: True when it removes output channels (the layer produces the group's channels).
+        is_param: True for an unwrapped ``nn.Parameter`` (replaced, not edited in place).
+        pruning_dim: Dimension Torch-Pruning cuts for parameters (and layer norms).
+        idxs: Indices in the layer's own coordinates, parallel to ``root_idxs``.
+        root_idxs: Group channel each index belongs to (several when a flatten spreads one
+            channel over many features).
+    """
+
+    layer: str
+    handler: Callable[..., object]
+    is_out: bool
+    is_param: bool
+    pruning_dim: int
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+
+    def select(self, removed: frozenset[int]) -> list[int]:
+        """This layer's indices that carry the removed group channels."""
+        return [i for i, r in zip(self.idxs, self.root_idxs, strict=True) if r in removed]
+
+
+RemovedMap = Mapping[int, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """A pruned copy and how it was made.
+
+    Attributes:
+        model: The new, pruned model (eval mode); the input model is untouched.
+        plan: The plan applied.
+        removed: Group id -> removed channel indices (base-model coordinates), sorted.
+        prune_ms: Wall time of the copy + surgery + verification.
+    """
+
+    model: nn.Module
+    plan: PruningPlan
+    removed: Mapping[int, tuple[int, ...]]
+    prune_ms: float
+
+
+def prune(
+    model: nn.Module,
+    groups: GroupSet,
+    plan: PruningPlan,
+    importance: Callable[[GroupInfo, nn.Module, int], torch.Tensor] | str = "l1",
+    *,
+    verify: bool = True,
+) -> PruneResult:
+    """Return a pruned copy of ``model`` that keeps ``plan.kept(group)`` channels per group.
+
+    Args:
+        model: The model ``groups`` was built from (same architecture and channel counts).
+        groups: From :func:`edgeprune.pipeline.groups.build_groups`.
+        plan: Channels kept per group (see :func:`plan_from_ratios`).
+        importance: A criterion name (``l1``, ``l2``, ``taylor`` needs data so pass an
+            object, ``bn_scale``, ``random``, ``cluster``) or a callable
+            ``(group, model, n_keep) -> scores`` (higher = more important).
+        verify: Run the pruned copy once and check its output shape.
+
+    Raises:
+        PruningError: The plan does not fit ``groups`` or ``model`` does not match them.
+    """
+    from edgeprune.pipeline.importance import get_importance
+
+    t0 = time.perf_counter()
+    plan.validate(groups)
+    _check_matches(model, groups)
+    score = get_importance(importance) if isinstance(importance, str) else importance
+    removed: dict[int, tuple[int, ...]] = {}
+    for gid, keep in plan.keep.items():
+        info = groups.groups[gid]
+        if keep < info.width:
+            scores = score(info, model, keep)
+            if tuple(scores.shape) != (info.width,):
+                raise PruningError(
+                    f"importance returned shape {tuple(scores.shape)} for group {gid} "
+                    f"({info.name}), expected ({info.width},) — one score per channel"
+                )
+            removed[gid] = removed_from_scores(info, scores, keep)
+    new = apply_removed(model, groups, removed, verify=verify)
+    ms = (time.perf_counter() - t0) * 1e3
+    return PruneResult(new, plan, MappingProxyType(removed), ms)
+
+
+def apply_removed(
+    model: nn.Module, groups: GroupSet, removed: RemovedMap, *, verify: bool = True
+) -> nn.Module:
+    """Return a copy of ``model`` without the given channels (no importance scoring).
+
+    Used to replay a saved pruning exactly.
+
+    Raises:
+        PruningError: Unknown group, indices out of range or duplicated, a frozen group, all
+            channels removed, or (``verify``) a pruned model whose output shape changed.
+    """
+    by_id: dict[int, GroupInfo] = {}
+    for gid, idxs in removed.items():
+        info = groups[gid]
+        bad = [i for i in idxs if not 0 <= int(i) < info.width]
+        if bad or len(set(idxs)) != len(idxs) or len(idxs) >= info.width:
+            raise PruningError(
+                f"removed channels for group {gid} ({info.name}) must be distinct indices in "
+                f"[0, {info.width}) leaving at least one — got {sorted(idxs)[:8]}..."
+            )
+        if idxs and info.frozen:
+            raise PruningError(
+                f"group {gid} ({info.name}) is frozen ({info.frozen_reason}) — "
+                "do not remove its channels"
+            )
+        by_id[gid] = info
+    new = copy.deepcopy(model).eval()
+    apply_removed_(new, by_id, removed)
+    if verify:
+        x = groups.example_input()
+        try:
+            with torch.no_grad():
+                out = new(x)
+            shape = tuple(out.shape)
+        except Exception as exc:
+            raise PruningError(
+                f"pruned {groups.model_class} no longer runs ({type(exc).__name__}: {exc}) — "
+                "a group was not traced correctly; pass its layers in ignored_layers"
+            ) from exc
+        if shape != groups.output_shape:
+            raise PruningError(
+                f"pruned {groups.model_class} returns shape {shape}, expected "
+                f"{groups.output_shape} — pass the output layer in ignored_layers"
+            )
+    return new
+
+
+def _check_matches(model: nn.Module, groups: GroupSet) -> None:
+    modules = dict(model.named_modules())
+    for info in groups.prunable:
+        layer = modules.get(info.name)
+        width = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+        if width != info.width:
+            raise PruningError(
+                f"model does not match its groups: layer {info.name!r} has {width} output "
+                f"channels, groups say {info.width} — build_groups() on this model (prune the "
+                "unpruned base, not an already pruned copy)"
+            )
+
+
+def removed_from_scores(info: GroupInfo, scores: torch.Tensor, n_keep: int) -> tuple[int, ...]:
+    """Indices to remove: the lowest-scoring channels (ties: lower index goes first).
+
+    In a group with a grouped conv the same positions go from every channel block (scores
+    are averaged over blocks), so the conv's groups stay equal.
+    """
+    n_remove = info.width - n_keep
+    if n_remove <= 0:
+        return ()
+    step = info.channel_step
+    block = info.width // step
+    per_pos = scores.detach().double().cpu().reshape(step, block).mean(0).tolist()
+    order = sorted(range(block), key=lambda i: (per_pos[i], i))
+    drop = order[: n_remove // step]
+    return tuple(sorted(p + b * block for b in range(step) for p in drop))
+
+
+def _merged_ops(
+    groups: Mapping[int, GroupInfo], removed: RemovedMap
+) -> dict[tuple[str, Callable[..., object]], tuple[MemberOp, set[int]]]:
+    """Union of indices per (layer, handler): each layer dimension is cut exactly once."""
+    merged: dict[tuple[str, Callable[..., object]], tuple[MemberOp, set[int]]] = {}
+    for gid, idxs in removed.items():
+        if not idxs:
+            continue
+        chosen = frozenset(int(i) for i in idxs)
+        for op in groups[gid].ops:
+            sel = op.select(chosen)
+            if sel:
+                entry = merged.setdefault((op.layer, op.handler), (op, set()))
+                entry[1].update(sel)
+    return merged
+
+
+def apply_removed_(model: nn.Module, groups: Mapping[int, GroupInfo], removed: RemovedMap) -> None:
+    """Cut the removed channels out of ``model`` in place (indices in its own coordinates)."""
+    for (layer, handler), (op, idxs) in _merged_ops(groups, removed).items():
+        owner = getattr(handler, "__self__", None)
+        if owner is not None and hasattr(owner, "pruning_dim"):
+            owner.pruning_dim = op.pruning_dim  # Torch-Pruning's pruners are shared singletons
+        if op.is_param:
+            parent_name, _, attr = layer.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, handler(getattr(parent, attr), sorted(idxs)))
+        else:
+            handler(model.get_submodule(layer), sorted(idxs))
+
+
+@torch.no_grad()
+def zero_removed_(model: nn.Module, groups: Mapping[int, GroupInfo], removed: RemovedMap) -> None:
+    """Zero, in place, every weight that produces the removed channels.
+
+    The result computes what the pruned model computes: each removed channel is 0 everywhere
+    (conv/linear rows and biases, and the scale *and shift* of every norm layer in the group,
+    so a BN after a concat does not turn the zero back into its bias).
+    """
+    for (layer, _), (op, idxs) in _merged_ops(groups, removed).items():
+        if not op.is_out:
+            continue
+        index = torch.tensor(sorted(idxs))
+        if op.is_param:
+            param = model.get_parameter(layer)
+            param.index_fill_(op.pruning_dim % param.dim(), index, 0.0)
+            continue
+        module = model.get_submodule(layer)
+        dim = 1 if getattr(module, "transposed", False) else 0
+        for pname in ("weight", "bias"):
+            p = getattr(module, pname, None)
+            if isinstance(p, torch.Tensor) and p.dim() > 0:
+                p.index_fill_(dim if pname == "weight" else 0, index, 0.0)
+
+
+def forward_probe(
+    reference: nn.Module, candidate: nn.Module, x: torch.Tensor, rtol: float
+) -> str | None:
+    """None when ``candidate(x)`` matches ``reference(x)``; else a short description."""
+    with torch.no_grad():
+        ref = reference(x)
+        try:
+            out = candidate(x)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()
+            return f"forward fails ({type(exc).__name__}: {first[0][:200] if first else ''})"
+    if out.shape != ref.shape:
+        return f"output shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = (out - ref).abs().max().item()
+    tol = rtol * max(1.0, ref.abs().max().item())
+    if not err <= tol:
+        return f"output changes by {err:.3g} (more than zeroing the channels does)"
+    return None
+
+
+def reached_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, ...]:
+    """Names of the layers with weights that one forward runs, in call order."""
+    calls: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o, n=n: calls.append(n))
+        for n, m in model.named_modules()
+        if n and any(True for _ in m.parameters(recurse=False))
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return tuple(calls)

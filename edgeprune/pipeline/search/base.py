@@ -1,0 +1,437 @@
+"""The searcher contract (ask/tell) and the channel arithmetic all searchers share.
+
+A searcher decides, step by step, how many channels each prunable group keeps. It never
+touches a model: the orchestration loop builds, evaluates and applies candidates. The loop:
+
+.. code-block:: python
+
+    searcher = make_searcher(name, config, seed)        # or load_state_dict() on resume
+    reward = make_reward(RewardSettings(kind=searcher.reward_kind, ...))
+    while not done:                                      # budget met, sparsity reached, ...
+        widths = {gid: width for gid, width in prunable_groups}   # same ids every step
+        searcher.start_step(widths, step_channels, multiple)
+        if searcher.needs_scores:                        # magnitude only
+            searcher.set_scores({gid: per_channel_scores})          # len == widths[gid]
+        while batch := searcher.propose():               # [] = the step's proposals are done
+            outcomes = [evaluate(c) for c in batch]      # build, BN re-estimate, val acc,
+            searcher.observe(outcomes)                   # LUT latency, MACs, params, reward
+        kept = searcher.choose()
+        if kept.removed_channels == 0: stop              # every group is at its floor
+        accepted = apply(kept) [+ fine-tune] + re-measure -> Outcome
+        if not searcher.end_step(accepted, previous_accuracy):
+            roll the model back; redo the step (start_step again with the same widths)
+        else:
+            previous_accuracy = accepted.accuracy ; checkpoint searcher.state_dict()
+
+Rules of the contract:
+
+- ``widths`` maps group id -> current width for the prunable, non-frozen groups only, in a
+  fixed order, with the same ids at every step (groups never vanish: each keeps at least
+  one channel). The first ``start_step`` fixes the base widths unless ``base_widths`` is
+  given.
+- ``multiple`` is the profile's channel multiple: a group's kept width is a multiple of it
+  (a group narrower than ``multiple`` is left alone); 1 disables rounding.
+- ``observe`` takes the outcomes of proposed candidates (matched by ``Candidate.tag``), in
+  any order and in one or several calls; ``propose`` refuses while some are outstanding.
+  A candidate that could not be built or failed its forward check: report it with
+  ``reward=float("-inf")``; it never becomes a choice.
+- Two candidates with equal ``keep`` give the same model: the loop may cache outcomes by
+  :meth:`Candidate.key` (it must still report one outcome per proposed tag).
+- ``end_step(accepted, previous_accuracy)``: ``accepted.accuracy`` is the proxy accuracy of
+  the applied candidate before fine-tuning, ``previous_accuracy`` that of the model the
+  step started from, measured the same way. Returning False means "collapse: redo".
+- ``state_dict()`` is JSON-serialisable (RNG state included); ``load_state_dict`` on a
+  searcher made by ``make_searcher`` with the same name continues exactly where it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from edgeprune.errors import SearchError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One proposed architecture: channels kept per group (absolute, current model).
+
+    Attributes:
+        keep: Group id -> channels kept. Do not mutate.
+        removed_channels: Channels the candidate removes in total (may be below the
+            step's target when groups hit their floor; 0 = nothing left to prune).
+        pd: The pruning distribution that produced it (RL only), in group order.
+        tag: Unique name inside a run, e.g. ``"step3/epoch1/sample4"``.
+    """
+
+    keep: Mapping[int, int]
+    removed_channels: int
+    pd: tuple[float, ...] | None = None
+    tag: str = ""
+
+    def key(self) -> tuple[tuple[int, int], ...]:
+        """Hashable architecture signature: equal keys give equal models."""
+        return tuple(sorted((int(g), int(k)) for g, k in self.keep.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (group ids as list pairs: JSON keys are strings)."""
+        return {
+            "keep": [[int(g), int(k)] for g, k in self.keep.items()],
+            "removed_channels": int(self.removed_channels),
+            "pd": None if self.pd is None else [float(p) for p in self.pd],
+            "tag": self.tag,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        pd = d.get("pd")
+        return cls(
+            keep={int(g): int(k) for g, k in d["keep"]},
+            removed_channels=int(d["removed_channels"]),
+            pd=None if pd is None else tuple(float(p) for p in pd),
+            tag=str(d.get("tag", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The evaluation of one candidate, as the loop reports it to the searcher.
+
+    Attributes:
+        candidate: The candidate that was evaluated.
+        reward: From the run's reward function; ``-inf`` marks a failed candidate.
+        accuracy: Validation-proxy top-1 in [0, 1].
+        latency_ms: Predicted or measured p50 latency, None when not estimated.
+        macs: Multiply-accumulates of the candidate.
+        params: Parameter count of the candidate.
+    """
+
+    candidate: Candidate
+    reward: float
+    accuracy: float
+    latency_ms: float | None = None
+    macs: int = 0
+    params: int = 0
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    """Ask/tell searcher over per-group channel counts (see the module docstring)."""
+
+    name: str
+    reward_kind: str
+    needs_scores: bool
+
+    def start_step(
+        self,
+        widths: Mapping[int, int],
+        step_channels: int,
+        multiple: int = 1,
+        *,
+        base_widths: Mapping[int, int] | None = None,
+    ) -> None:
+        """Begin a prune step (or redo one) from the current group widths."""
+        ...
+
+    def propose(self) -> list[Candidate]:
+        """Next batch of candidates to evaluate; ``[]`` when the step has no more."""
+        ...
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        """Report evaluated candidates."""
+        ...
+
+    def choose(self) -> Candidate:
+        """The candidate to apply for this step."""
+        ...
+
+    def end_step(self, accepted: Outcome, previous_accuracy: float) -> bool:
+        """Close the step; False asks the loop to roll back and redo it."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state for exact resume."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        ...
+
+
+T = TypeVar("T")
+
+
+def settings_from_config(cls: type[T], config: Any, **overrides: Any) -> T:
+    """Build the dataclass ``cls`` from a mapping or an object with its field names.
+
+    Fields the config does not have keep their defaults; the config's other fields are
+    ignored (the run config carries much more than one searcher's settings).
+    """
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if isinstance(config, Mapping):
+            if f.name in config and config[f.name] is not None:
+                values[f.name] = config[f.name]
+        elif config is not None and getattr(config, f.name, None) is not None:
+            values[f.name] = getattr(config, f.name)
+    values.update(overrides)
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def channel_floor(width: int, multiple: int) -> int:
+    """The narrowest a group may get: one ``multiple`` (itself if already narrower)."""
+    return min(width, max(1, multiple))
+
+
+def snap_keep_down(keep: int, width: int, multiple: int) -> int:
+    """Largest allowed width <= ``keep``: a multiple of ``multiple``, or ``width`` itself."""
+    if keep >= width:
+        return width
+    return max(channel_floor(width, multiple), (keep // multiple) * multiple)
+
+
+def _next_keep_below(keep: int, width: int, multiple: int) -> int | None:
+    """The next allowed width below ``keep``, or None at the floor."""
+    nxt = ((keep - 1) // multiple) * multiple
+    return nxt if nxt >= channel_floor(width, multiple) and nxt < keep else None
+
+
+def water_fill(shares: Sequence[float], caps: Sequence[float], total: float) -> list[float]:
+    """Split ``total`` proportionally to ``shares`` with per-entry caps.
+
+    Entries that would exceed their cap are pinned at it and the rest is re-split among
+    the others (so the sum is ``min(total, sum(caps))``).
+    """
+    out = [0.0] * len(shares)
+    active = [i for i, c in enumerate(caps) if c > 0]
+    remaining = min(float(total), float(sum(caps)))
+    while active and remaining > 1e-12:
+        weight = sum(max(shares[i], 0.0) for i in active)
+        if weight <= 0:  # all shares zero: fall back to capacity-proportional
+            weights = {i: float(caps[i]) for i in active}
+            weight = sum(weights.values())
+        else:
+            weights = {i: max(shares[i], 0.0) for i in active}
+        alloc = {i: remaining * weights[i] / weight for i in active}
+        full = [i for i in active if alloc[i] >= caps[i] - out[i]]
+        if not full:
+            for i in active:
+                out[i] += alloc[i]
+            break
+        for i in full:
+            remaining -= caps[i] - out[i]
+            out[i] = float(caps[i])
+        active = [i for i in active if i not in full]
+    return out
+
+
+def allocate_removal(
+    shares: Sequence[float], widths: Sequence[int], step_channels: int, multiple: int = 1
+) -> list[int]:
+    """Channels to remove per group: ``step_channels`` split by ``shares``, on the grid.
+
+    1. Water-fill the step over the groups by share, each capped at ``width - floor``.
+    2. Round each group down to an allowed width (a multiple of ``multiple``).
+    3. Largest remainder on that grid: give one more grid step to the group furthest
+       below its ideal share (in grid steps), while doing so brings the total closer to
+       the target. With ``multiple == 1`` this is exact largest-remainder rounding and the
+       total equals ``min(step_channels, capacity)``; otherwise it is as close as the
+       grid allows.
+
+    Ties go to the earlier group, so the result is deterministic.
+    """
+    if len(shares) != len(widths):
+        raise SearchError("internal: shares and widths differ in length")
+    m = max(1, int(multiple))
+    caps = [w - channel_floor(w, m) for w in widths]
+    target = min(int(step_channels), sum(caps))
+    ideal = water_fill(shares, caps, target)
+    # start from the largest allowed removal <= the ideal one (smallest allowed keep above)
+    keep = [_snap_up(w - x, w, m) for w, x in zip(widths, ideal, strict=True)]
+    removed = [w - k for w, k in zip(widths, keep, strict=True)]
+    deficit = target - sum(removed)
+    while deficit > 0:
+        best, best_rem, best_inc = -1, -math.inf, 0
+        for i, (w, k) in enumerate(zip(widths, keep, strict=True)):
+            nxt = _next_keep_below(k, w, m)
+            if nxt is None:
+                continue
+            inc = k - nxt
+            if inc >= 2 * deficit:  # would land further from the target than now
+                continue
+            rem = (ideal[i] - removed[i]) / inc
+            if rem > best_rem:
+                best, best_rem, best_inc = i, rem, inc
+        if best < 0:
+            break
+        keep[best] -= best_inc
+        removed[best] += best_inc
+        deficit -= best_inc
+    return removed
+
+
+def _snap_up(keep_real: float, width: int, multiple: int) -> int:
+    """Smallest allowed width >= ``keep_real``."""
+    k = math.ceil(keep_real / multiple - 1e-9) * multiple
+    return width if k >= width else max(channel_floor(width, multiple), k)
+
+
+def validate_step_inputs(widths: Mapping[int, int], step_channels: int, multiple: int) -> None:
+    """Raise SearchError naming the bad argument of ``start_step``."""
+    if not widths:
+        raise SearchError("no prunable groups: every group is frozen or ignored")
+    for gid, w in widths.items():
+        if int(w) != w or w < 1:
+            raise SearchError(f"group {gid} has width {w!r}; widths must be integers >= 1")
+    if int(step_channels) != step_channels or step_channels < 1:
+        raise SearchError(
+            f"step_channels must be an integer >= 1, got {step_channels!r}; raise step_fraction"
+        )
+    if int(multiple) != multiple or multiple < 1:
+        raise SearchError(f"channel multiple must be an integer >= 1, got {multiple!r}")
+
+
+@dataclass
+class StepState:
+    """The current step's inputs, kept by every searcher (mutable, internal)."""
+
+    widths: dict[int, int] = field(default_factory=dict)
+    step_channels: int = 0
+    multiple: int = 1
+
+    @property
+    def ids(self) -> list[int]:
+        return list(self.widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "widths": [[g, w] for g, w in self.widths.items()],
+            "step_channels": self.step_channels,
+            "multiple": self.multiple,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StepState:
+        return cls(
+            {int(g): int(w) for g, w in d["widths"]}, int(d["step_channels"]), int(d["multiple"])
+        )
+
+
+def candidate_from_removal(
+    step: StepState, removed: Sequence[int], tag: str, pd: tuple[float, ...] | None = None
+) -> Candidate:
+    """Turn per-group removals (in ``step.ids`` order) into a :class:`Candidate`."""
+    keep = {g: w - r for (g, w), r in zip(step.widths.items(), removed, strict=True)}
+    return Candidate(keep=keep, removed_channels=int(sum(removed)), pd=pd, tag=tag)
+
+
+def check_state_kind(state: Mapping[str, Any], expected: str) -> None:
+    """Refuse to load another searcher's state (a resume with a changed config)."""
+    kind = state.get("kind") if isinstance(state, Mapping) else None
+    if kind != expected:
+        raise SearchError(
+            f"the checkpoint holds state of searcher {kind!r}, not {expected!r}; "
+            "resume with the same --searcher, or start a new run directory"
+        )
+
+
+class OneShotSearcher:
+    """Shared machinery of the baselines: one deterministic candidate per step.
+
+    Subclasses implement :meth:`_make_candidate`. ``observe`` records the outcome (for
+    the log) but does not change the choice; ``end_step`` always accepts (no guard).
+    """
+
+    name = "one-shot"
+    reward_kind = "latency"
+    needs_scores = False
+
+    def __init__(self) -> None:
+        self.step_index = 0
+        self.base_widths: dict[int, int] | None = None
+        self._step: StepState | None = None
+        self._candidate: Candidate | None = None
+        self._proposed = False
+        self.last_outcome: Outcome | None = None
+
+    def start_step(
+        self,
+        widths: Mapping[int, int],
+        step_channels: int,
+        multiple: int = 1,
+        *,
+        base_widths: Mapping[int, int] | None = None,
+    ) -> None:
+        validate_step_inputs(widths, step_channels, multiple)
+        if base_widths is not None:
+            self.base_widths = {int(g): int(w) for g, w in base_widths.items()}
+        elif self.base_widths is None:
+            self.base_widths = {int(g): int(w) for g, w in widths.items()}
+        if list(self.base_widths) != [int(g) for g in widths]:
+            raise SearchError(
+                "the prunable groups differ from the base widths' groups; "
+                "pass the same groups in the same order every step"
+            )
+        self._step = StepState({int(g): int(w) for g, w in widths.items()}, step_channels, multiple)
+        self._candidate = None
+        self._proposed = False
+        self.last_outcome = None
+
+    def propose(self) -> list[Candidate]:
+        if self._proposed:
+            return []
+        self._proposed = True
+        return [self.choose()]
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        self._require_step("observe")
+        for out in outcomes:
+            if self._candidate is None or out.candidate.tag != self._candidate.tag:
+                raise SearchError(f"outcome for {out.candidate.tag!r}, which was not proposed")
+            self.last_outcome = out
+
+    def choose(self) -> Candidate:
+        step = self._require_step("choose")
+        if self._candidate is None:
+            self._candidate = self._make_candidate(step, f"step{self.step_index}/{self.name}")
+        return self._candidate
+
+    def end_step(self, accepted: Outcome, previous_accuracy: float) -> bool:
+        self._require_step("end_step")
+        self.step_index += 1
+        self._step = None
+        return True
+
+    def _make_candidate(self, step: StepState, tag: str) -> Candidate:
+        raise NotImplementedError
+
+    def _require_step(self, what: str) -> StepState:
+        if self._step is None:
+            raise SearchError(f"{what}() called outside a step; call start_step() first")
+        return self._step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.name,
+            "version": 1,
+            "step_index": self.step_index,
+            "base_widths": None
+            if self.base_widths is None
+            else [[g, w] for g, w in self.base_widths.items()],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        check_state_kind(state, self.name)
+        try:
+            self.step_index = int(state["step_index"])
+            base = state["base_widths"]
+            self.base_widths = None if base is None else {int(g): int(w) for g, w in base}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SearchError(
+                f"corrupt searcher state in the checkpoint ({exc!r}); start a new run directory"
+            ) from exc

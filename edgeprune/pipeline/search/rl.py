@@ -1,0 +1,434 @@
+"""The RL-Pruner policy: a pruning distribution over groups, learned step by step.
+
+Follows the public RL-Pruner code (Wang & Kindratenko, arXiv 2411.06463) where it is
+specific, and DESIGN.md "The algorithm" where we differ:
+
+- PD starts proportional to group width (``reinitialize_PD`` in the reference code).
+- Each candidate PD is ``PD + N(0, 1) * noise * U(0, 1)`` (one U per candidate), clamped
+  at ``prob_floor`` and renormalised; its channel split comes from
+  :func:`~edgeprune.pipeline.search.base.allocate_removal` (on the channel-multiple grid,
+  where the reference rounds to single channels).
+- A replay buffer keeps the best ``buffer_size`` (reward, PD) rows of the step. After each
+  RL epoch, if the epoch's best reward beats the step's best so far,
+  ``PD' = PD + step_length * (PD* - PD)`` (PD* = buffer's best), clamp, renormalise, then
+  the PPO-style clip ``PD'' = clip(PD' / PD, 1 - c, 1 + c) * PD``, clamp, renormalise.
+- The kept candidate is epsilon-greedy over the buffer: with probability epsilon a random
+  row, else the best. Epsilon decays (cosine by default) from ``epsilon`` at step 0 to 0
+  at ``epsilon_decay_fraction * total_steps_estimate`` steps, and stays 0 after.
+- Collapse guard: if the accepted accuracy is more than ``collapse_drop`` (relative) below
+  the previous step's, PD is reset to width-proportional (current widths, as the
+  reference's ``reinitialize_PD``) and the step is redone, at most ``max_redos`` times.
+
+Differences from the reference, on purpose: the first epoch always updates (the reference
+starts the best Q at 0, so negative rewards never update), and an exploratory pick only
+draws among filled buffer rows (the reference may draw an empty one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from edgeprune.errors import SearchError
+from edgeprune.pipeline.search.base import (
+    Candidate,
+    Outcome,
+    StepState,
+    allocate_removal,
+    candidate_from_removal,
+    check_state_kind,
+    validate_step_inputs,
+)
+
+EPSILON_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class RLSettings:
+    """Hyper-parameters of the RL searcher (CPU-sized defaults; see :meth:`paper`).
+
+    Attributes:
+        rl_epochs: RL epochs per prune step (paper 10).
+        samples: Candidates per RL epoch (paper 10).
+        noise: Std of the Gaussian noise on PD, times U(0, 1).
+        step_length: lambda in ``PD + lambda (PD* - PD)``.
+        ppo_clip: c in the clip of ``PD' / PD`` to ``[1 - c, 1 + c]``; 0 disables.
+        prob_floor: Lower clamp of PD entries.
+        epsilon: Initial chance to keep a random buffer row instead of the best.
+        epsilon_schedule: ``cosine``, ``linear`` or ``constant``.
+        epsilon_decay_fraction: Epsilon reaches 0 after this fraction of the steps.
+        total_steps_estimate: Expected number of prune steps (for the epsilon schedule).
+        collapse_drop: Relative accuracy drop that triggers the collapse guard.
+        max_redos: Redos of one step the guard may ask for; then the step is accepted.
+        buffer_size: Replay buffer rows; 0 means ``samples`` (the reference's size).
+    """
+
+    rl_epochs: int = 3
+    samples: int = 6
+    noise: float = 0.04
+    step_length: float = 0.1
+    ppo_clip: float = 0.2
+    prob_floor: float = 1e-5
+    epsilon: float = 0.4
+    epsilon_schedule: str = "cosine"
+    epsilon_decay_fraction: float = 0.1
+    total_steps_estimate: int = 20
+    collapse_drop: float = 0.1
+    max_redos: int = 1
+    buffer_size: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rl_epochs": self.rl_epochs >= 1,
+            "samples": self.samples >= 1,
+            "noise": self.noise >= 0,
+            "step_length": 0 <= self.step_length <= 1,
+            "ppo_clip": 0 <= self.ppo_clip < 1,
+            "prob_floor": 0 < self.prob_floor < 1,
+            "epsilon": 0 <= self.epsilon <= 1,
+            "epsilon_schedule": self.epsilon_schedule in EPSILON_SCHEDULES,
+            "epsilon_decay_fraction": 0 <= self.epsilon_decay_fraction <= 1,
+            "total_steps_estimate": self.total_steps_estimate >= 1,
+            "collapse_drop": 0 < self.collapse_drop <= 1,
+            "max_redos": self.max_redos >= 0,
+            "buffer_size": self.buffer_size >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise SearchError(
+                    f"search setting {name}={getattr(self, name)!r} is out of range; "
+                    f"see RLSettings for valid values (default {_default(name)!r})"
+                )
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> RLSettings:
+        """The reference defaults: 10 RL epochs x 10 samples per step."""
+        return cls(**{"rl_epochs": 10, "samples": 10, **overrides})
+
+    @property
+    def buffer_rows(self) -> int:
+        return self.buffer_size or self.samples
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in fields(RLSettings) if f.name == name)
+
+
+# ----------------------------------------------------------------- pure policy maths
+
+
+def initial_pd(widths: Sequence[int]) -> np.ndarray:
+    """PD proportional to group width."""
+    w = np.asarray(widths, dtype=np.float64)
+    return w / w.sum()
+
+
+def _clamp_renorm(pd: np.ndarray, floor: float) -> np.ndarray:
+    pd = np.maximum(pd, floor)
+    return pd / pd.sum()
+
+
+def sample_pd(pd: np.ndarray, rng: np.random.Generator, noise: float, floor: float) -> np.ndarray:
+    """One candidate: ``PD + N(0, 1) * noise * U(0, 1)``, clamped at ``floor``, renormalised."""
+    gauss = rng.standard_normal(pd.shape[0])
+    scale = noise * rng.random()
+    return _clamp_renorm(pd + gauss * scale, floor)
+
+
+def update_pd(
+    pd: np.ndarray, best_pd: np.ndarray, step_length: float, clip: float, floor: float
+) -> np.ndarray:
+    """Move PD toward the best candidate's PD, then PPO-clip the per-group ratio.
+
+    ``PD' = renorm(max(PD + step_length (PD* - PD), floor))``; with ``clip > 0``,
+    ``PD'' = renorm(max(clip(PD' / PD, 1 - clip, 1 + clip) * PD, floor))``.
+    """
+    moved = _clamp_renorm(pd + step_length * (best_pd - pd), floor)
+    if clip <= 0:
+        return moved
+    ratio = np.clip(moved / np.maximum(pd, 1e-12), 1.0 - clip, 1.0 + clip)
+    return _clamp_renorm(ratio * pd, floor)
+
+
+def epsilon_at(
+    step: int,
+    total_steps: int,
+    epsilon: float,
+    decay_fraction: float = 0.1,
+    schedule: str = "cosine",
+) -> float:
+    """Exploration chance at prune step ``step`` (0-based count of accepted steps).
+
+    ``epsilon`` at step 0, decaying to 0 at ``decay_fraction * total_steps`` and 0 after
+    (the reference's ``RL_Pruner.step``). ``constant`` never decays.
+    """
+    if schedule == "constant":
+        return float(epsilon)
+    horizon = total_steps * decay_fraction
+    if step <= 0:
+        return float(epsilon)
+    if step > horizon:
+        return 0.0
+    t = step / horizon
+    if schedule == "linear":
+        return float(max(epsilon * (1.0 - t), 0.0))
+    return float(max(0.5 * (1.0 + math.cos(math.pi * t)) * epsilon, 0.0))
+
+
+# ------------------------------------------------------------------------ the searcher
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A replay-buffer row: a scored candidate (``order`` breaks ties, newer first)."""
+
+    reward: float
+    order: int
+    candidate: Candidate
+
+
+class RLSearcher:
+    """RL-Pruner's policy behind the ask/tell contract of :mod:`.base`.
+
+    Args:
+        settings: Hyper-parameters.
+        seed: Seeds the searcher's own ``numpy.random.Generator`` (PCG64).
+        name: Registry name (``rl`` or ``rl-flops``: the same policy, another reward).
+        reward_kind: The reward the loop should compute for this searcher.
+    """
+
+    needs_scores = False
+
+    def __init__(
+        self,
+        settings: RLSettings | None = None,
+        seed: int = 0,
+        *,
+        name: str = "rl",
+        reward_kind: str = "latency",
+    ) -> None:
+        self.settings = settings or RLSettings()
+        self.name = name
+        self.reward_kind = reward_kind
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.pd: np.ndarray | None = None
+        self.group_ids: list[int] | None = None
+        self.step_index = 0  # accepted steps so far
+        self.redo_count = 0  # redos of the current step
+        self._step: StepState | None = None
+        self._epoch = 0
+        self._pending: dict[str, Candidate] = {}
+        self._epoch_rows: list[_Row] = []
+        self._buffer: list[_Row] = []
+        self._step_best: float | None = None
+        self._counter = 0
+        self._chosen: Candidate | None = None
+
+    # -- ask/tell ------------------------------------------------------------------
+
+    def start_step(
+        self,
+        widths: Mapping[int, int],
+        step_channels: int,
+        multiple: int = 1,
+        *,
+        base_widths: Mapping[int, int] | None = None,
+    ) -> None:
+        """Begin (or redo) a prune step; the first call fixes the groups and PD."""
+        validate_step_inputs(widths, step_channels, multiple)
+        ids = [int(g) for g in widths]
+        if self.group_ids is None:
+            self.group_ids = ids
+            self.pd = initial_pd([int(widths[g]) for g in widths])
+        elif ids != self.group_ids:
+            raise SearchError(
+                f"the prunable groups changed between steps ({self.group_ids} -> {ids}); "
+                "pass the same groups in the same order every step"
+            )
+        self._step = StepState({int(g): int(w) for g, w in widths.items()}, step_channels, multiple)
+        self._epoch = 0
+        self._pending = {}
+        self._epoch_rows = []
+        self._buffer = []
+        self._step_best = None
+        self._chosen = None
+
+    def propose(self) -> list[Candidate]:
+        """The next RL epoch's ``samples`` candidates, or ``[]`` after ``rl_epochs``."""
+        step = self._require_step("propose")
+        if self._pending:
+            raise SearchError(
+                f"{len(self._pending)} proposed candidates have no outcome yet; "
+                "observe() them before proposing more"
+            )
+        if self._epoch >= self.settings.rl_epochs:
+            return []
+        assert self.pd is not None
+        s = self.settings
+        widths = list(step.widths.values())
+        redo = f"/redo{self.redo_count}" if self.redo_count else ""
+        batch = []
+        for i in range(s.samples):
+            pd = sample_pd(self.pd, self.rng, s.noise, s.prob_floor)
+            removed = allocate_removal(pd.tolist(), widths, step.step_channels, step.multiple)
+            tag = f"step{self.step_index}{redo}/epoch{self._epoch}/sample{i}"
+            batch.append(candidate_from_removal(step, removed, tag, tuple(pd.tolist())))
+        self._pending = {c.tag: c for c in batch}
+        return batch
+
+    def observe(self, outcomes: Sequence[Outcome]) -> None:
+        """Record outcomes; the last one of an epoch triggers the PD update."""
+        self._require_step("observe")
+        for out in outcomes:
+            cand = self._pending.pop(out.candidate.tag, None)
+            if cand is None:
+                raise SearchError(
+                    f"outcome for {out.candidate.tag!r}, which is not an outstanding proposal"
+                )
+            self._epoch_rows.append(_Row(float(out.reward), self._counter, cand))
+            self._counter += 1
+        if not self._pending and self._epoch_rows:
+            self._finish_epoch()
+
+    def choose(self) -> Candidate:
+        """Epsilon-greedy pick over the replay buffer."""
+        self._require_step("choose")
+        if self._pending:
+            raise SearchError("observe() every proposed candidate before choose()")
+        if not self._buffer:
+            raise SearchError(
+                "no candidate of this step could be evaluated (all failed); "
+                "check the pruning engine's forward check in search.jsonl"
+            )
+        eps = self.epsilon
+        u = self.rng.random()
+        idx = int(self.rng.integers(len(self._buffer))) if u < eps else 0
+        self._chosen = self._buffer[idx].candidate
+        return self._chosen
+
+    def end_step(self, accepted: Outcome, previous_accuracy: float) -> bool:
+        """Collapse guard; True = step accepted, False = PD reset, redo the step."""
+        step = self._require_step("end_step")
+        s = self.settings
+        drop = (
+            (previous_accuracy - accepted.accuracy) / previous_accuracy
+            if previous_accuracy > 0
+            else 0.0
+        )
+        if drop > s.collapse_drop and self.redo_count < s.max_redos:
+            self.pd = initial_pd(list(step.widths.values()))
+            self.redo_count += 1
+            self._step = None  # the loop must call start_step again
+            return False
+        self.step_index += 1
+        self.redo_count = 0
+        self._step = None
+        return True
+
+    @property
+    def epsilon(self) -> float:
+        """Exploration chance at the current step."""
+        s = self.settings
+        return epsilon_at(
+            self.step_index,
+            s.total_steps_estimate,
+            s.epsilon,
+            s.epsilon_decay_fraction,
+            s.epsilon_schedule,
+        )
+
+    @property
+    def buffer(self) -> list[tuple[float, Candidate]]:
+        """The replay buffer, best first: ``(reward, candidate)``."""
+        return [(r.reward, r.candidate) for r in self._buffer]
+
+    # -- internals -----------------------------------------------------------------
+
+    def _require_step(self, what: str) -> StepState:
+        if self._step is None:
+            raise SearchError(f"{what}() called outside a step; call start_step() first")
+        return self._step
+
+    def _finish_epoch(self) -> None:
+        s = self.settings
+        scored = [r for r in self._epoch_rows if math.isfinite(r.reward)]
+        self._epoch_rows = []
+        self._epoch += 1
+        if not scored:
+            return
+        rows = self._buffer + scored
+        rows.sort(key=lambda r: (-r.reward, -r.order))
+        self._buffer = rows[: s.buffer_rows]
+        epoch_best = max(r.reward for r in scored)
+        if self._step_best is None or epoch_best > self._step_best:
+            self._step_best = epoch_best
+            best_pd = self._buffer[0].candidate.pd
+            assert self.pd is not None and best_pd is not None
+            self.pd = update_pd(
+                self.pd, np.asarray(best_pd), s.step_length, s.ppo_clip, s.prob_floor
+            )
+
+    # -- resume --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state, RNG included: a reload continues bit-for-bit."""
+        return {
+            "kind": "rl",
+            "version": 1,
+            "name": self.name,
+            "settings": asdict(self.settings),
+            "rng": self.rng.bit_generator.state,
+            "pd": None if self.pd is None else self.pd.tolist(),
+            "group_ids": self.group_ids,
+            "step_index": self.step_index,
+            "redo_count": self.redo_count,
+            "step": None if self._step is None else self._step.to_dict(),
+            "epoch": self._epoch,
+            "pending": [c.to_dict() for c in self._pending.values()],
+            "epoch_rows": [_row_dict(r) for r in self._epoch_rows],
+            "buffer": [_row_dict(r) for r in self._buffer],
+            "step_best": self._step_best,
+            "counter": self._counter,
+            "chosen": None if self._chosen is None else self._chosen.to_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (settings stay those of this instance)."""
+        check_state_kind(state, "rl")
+        try:
+            self.rng.bit_generator.state = dict(state["rng"])
+            self.pd = None if state["pd"] is None else np.asarray(state["pd"], dtype=np.float64)
+            ids = state["group_ids"]
+            self.group_ids = None if ids is None else [int(g) for g in ids]
+            self.step_index = int(state["step_index"])
+            self.redo_count = int(state["redo_count"])
+            step = state["step"]
+            self._step = None if step is None else StepState.from_dict(step)
+            self._epoch = int(state["epoch"])
+            self._pending = {c.tag: c for c in (Candidate.from_dict(d) for d in state["pending"])}
+            self._epoch_rows = [_row_from(d) for d in state["epoch_rows"]]
+            self._buffer = [_row_from(d) for d in state["buffer"]]
+            best = state["step_best"]
+            self._step_best = None if best is None else float(best)
+            self._counter = int(state["counter"])
+            chosen = state["chosen"]
+            self._chosen = None if chosen is None else Candidate.from_dict(chosen)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SearchError(
+                f"corrupt searcher state in the checkpoint ({exc!r}); start a new run directory"
+            ) from exc
+
+
+def _row_dict(r: _Row) -> dict[str, Any]:
+    # -inf never reaches the buffer; epoch rows may hold it, JSON cannot: store None
+    reward = r.reward if math.isfinite(r.reward) else None
+    return {"reward": reward, "order": r.order, "candidate": r.candidate.to_dict()}
+
+
+def _row_from(d: Mapping[str, Any]) -> _Row:
+    reward = -math.inf if d["reward"] is None else float(d["reward"])
+    return _Row(reward, int(d["order"]), Candidate.from_dict(d["candidate"]))

@@ -1,0 +1,287 @@
+"""Supervised training and evaluation on in-memory :class:`~edgeprune.data.DataSplits`.
+
+One loop, :func:`run_epochs`, serves plain training (:func:`train`, cross-entropy) and any
+other objective (knowledge distillation passes its own ``loss_fn``): SGD with momentum,
+linear warm-up then cosine decay stepped per batch, validation accuracy every epoch, and the
+best-on-validation weights restored at the end. Model selection never looks at the test split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from torch import nn
+
+from edgeprune._io import atomic_torch_save
+from edgeprune.data import DataSplits, iterate_batches
+from edgeprune.errors import DataError, EdgepruneError
+
+#: ``loss_fn(model, images, labels)`` -> ``loss`` or ``(loss, logits)``; logits feed train_acc.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
+#: Called after each epoch with that epoch's history row.
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run did.
+
+    Attributes:
+        best_val_acc: Best top-1 validation accuracy in [0, 1] (the weights kept).
+        best_epoch: 1-based epoch that reached it.
+        epochs: Epochs run.
+        history: One row per epoch: ``epoch``, ``loss``, ``train_acc`` (None when the loss
+            function returns no logits), ``val_acc``, ``lr`` (at the epoch's end), ``seconds``.
+        wall_s: Wall-clock seconds of the whole run.
+    """
+
+    best_val_acc: float
+    best_epoch: int
+    epochs: int
+    history: tuple[dict[str, Any], ...]
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (for ``report.json``)."""
+        return {**asdict(self), "history": [dict(row) for row in self.history]}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    batch_size: int = 512,
+) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on uint8 images ``x`` with labels ``y``.
+
+    Runs in eval mode without gradients and restores the model's previous mode.
+
+    Raises:
+        DataError: ``x`` holds no images (e.g. the source has no test split).
+    """
+    if x.shape[0] == 0:
+        raise DataError("no images to evaluate — this split is empty (the source has no test?)")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    batches = iterate_batches(
+        x, y, batch_size, shuffle=False, augment=False, generator=None, mean=mean, std=std,
+        device=_device_of(model),
+    )  # fmt: skip
+    try:
+        with torch.no_grad():
+            for xb, yb in batches:
+                correct += int((model(xb).argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return correct / x.shape[0]
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def cross_entropy_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain supervised objective, in :data:`LossFn` form."""
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "loss {task.fields[loss]}",
+        "val {task.fields[val]}",
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def run_epochs(
+    model: nn.Module,
+    data: DataSplits,
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 128,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    warmup_fraction: float = 0.05,
+    min_lr: float = 0.0,
+    augment: bool = True,
+    flip: bool | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+    description: str = "training",
+) -> TrainResult:
+    """Optimise ``model`` on ``data.train_x`` with ``loss_fn``; keep the best-on-validation weights.
+
+    Args:
+        model: Trained in place; ends holding the best weights found.
+        data: Train split for updates, validation split for model selection.
+        loss_fn: ``loss_fn(model, images, labels)`` returning the loss, or ``(loss, logits)``
+            to also report training accuracy. Called in train mode on normalised batches.
+        epochs: Passes over the training split (>= 1).
+        lr: Peak learning rate (reached after the warm-up).
+        batch_size: Images per step; a last partial batch is dropped (BatchNorm needs > 1).
+        weight_decay: SGD weight decay (applied to every parameter).
+        momentum: SGD momentum (Nesterov off).
+        warmup_fraction: Share of all steps spent ramping the lr linearly up to ``lr``.
+        min_lr: Learning rate at the end of the cosine.
+        augment: Random crop (+ flip) on training batches.
+        flip: Random horizontal flip; ``None`` follows ``data.hflip_ok``.
+        seed: Seeds the shuffling, the augmentation and ``torch.manual_seed``.
+        out: If given, the best ``state_dict`` is written here atomically.
+        progress: Show a rich progress bar on stderr.
+        on_epoch: Called after every epoch with its history row (logging, checkpoints).
+        description: Label of the progress bar.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        EdgepruneError: ``epochs`` < 1, or the loss became NaN/inf (lower ``lr``).
+    """
+    if epochs < 1:
+        raise EdgepruneError(f"epochs={epochs} must be at least 1")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    device = _device_of(model)
+    n_train = data.train_x.shape[0]
+    drop_last = n_train > batch_size
+    steps_per_epoch = n_train // batch_size if drop_last else 1
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = min(total_steps - 1, round(warmup_fraction * total_steps))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    flip = data.hflip_ok if flip is None else flip
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    history: list[dict[str, Any]] = []
+    step = 0
+    start = time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task(description, total=total_steps, loss="-", val="-")
+        for epoch in range(1, epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct, seen, have_logits = 0, 0, True
+            batches = iterate_batches(
+                data.train_x, data.train_y, batch_size, shuffle=True, augment=augment,
+                generator=generator, mean=data.mean, std=data.std, flip=flip,
+                drop_last=drop_last, device=device,
+            )  # fmt: skip
+            for xb, yb in batches:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, warmup_steps, lr, min_lr)
+                result = loss_fn(model, xb, yb)
+                loss, logits = result if isinstance(result, tuple) else (result, None)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                # Accumulate on-device: a .item() per step would sync a GPU every batch.
+                loss_sum += loss.detach() * yb.shape[0]
+                seen += yb.shape[0]
+                if logits is None:
+                    have_logits = False
+                else:
+                    correct += int((logits.detach().argmax(dim=1) == yb).sum())
+                bar.advance(task)
+            mean_loss = float(loss_sum) / max(1, seen)
+            if not math.isfinite(mean_loss):
+                raise EdgepruneError(
+                    f"{description}: loss became {mean_loss} in epoch {epoch} — lower lr "
+                    f"(now {lr}) or check the data"
+                )
+            val_acc = evaluate(model, data.val_x, data.val_y, data.mean, data.std)
+            if val_acc > best_acc:
+                best_acc, best_epoch = val_acc, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            row = {
+                "epoch": epoch,
+                "loss": mean_loss,
+                "train_acc": correct / seen if have_logits and seen else None,
+                "val_acc": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            history.append(row)
+            bar.update(task, loss=f"{mean_loss:.3f}", val=f"{val_acc:.3f} (best {best_acc:.3f})")
+            if on_epoch is not None:
+                on_epoch(dict(row))
+    assert best_state is not None  # epochs >= 1, and any accuracy beats -1
+    model.load_state_dict(best_state)
+    if out is not None:
+        atomic_torch_save(out, best_state)
+    return TrainResult(
+        best_val_acc=best_acc,
+        best_epoch=best_epoch,
+        epochs=epochs,
+        history=tuple(history),
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def train(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    seed: int = 0,
+    out: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` from its current weights with cross-entropy (see :func:`run_epochs`).
+
+    Augmentation: random crop with 4-pixel padding, plus a horizontal flip when
+    ``data.hflip_ok``. The model ends holding its best-on-validation weights, which are also
+    written to ``out`` (a plain ``state_dict``) when given.
+    """
+    return run_epochs(
+        model,
+        data,
+        cross_entropy_loss,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        seed=seed,
+        out=out,
+        progress=progress,
+    )

@@ -1,0 +1,370 @@
+"""The latency oracle: measured latency of a candidate architecture, cached by its signature.
+
+Latency depends on channel counts, not on weight values, so a measurement is keyed by an
+architecture signature (layer types, channel counts, kernels, strides, groups, padding and the
+input shape) plus the profile, and reused for every candidate with the same shape - within a
+run and, through an append-only JSON-lines file, across resumed runs.
+
+On a noisy shared machine a lone absolute figure drifts with the load of other processes by
+more than the differences the search cares about. :meth:`LatencyOracle.measure_vs_baseline`
+therefore interleaves candidate and baseline blocks (A B A B ...) and returns the median
+per-block ratio; a budget check should compare ``baseline_p50_at_start * ratio`` with the
+budget instead of the candidate's own absolute p50.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgeprune._io import append_jsonl, sha256_file
+from edgeprune.errors import OnnxModelError
+from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
+from edgeprune.targets.base import LatencyStats, Prepared, Target, require_available, target_for
+from edgeprune.targets.timing import cpu_model
+
+CACHE_VERSION = 1
+_SIG_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+ExportFn = Callable[[nn.Module, DeviceProfile, Path], Any]
+
+
+def _layer_row(name: str, mod: nn.Module) -> list[Any]:
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        return [
+            name,
+            type(mod).__name__,
+            mod.in_channels,
+            mod.out_channels,
+            list(mod.kernel_size),
+            list(mod.stride),
+            mod.groups,
+            list(mod.padding) if not isinstance(mod.padding, str) else mod.padding,
+            list(mod.dilation),
+        ]
+    if isinstance(mod, nn.Linear):
+        return [name, "Linear", mod.in_features, mod.out_features]
+    return [name, type(mod).__name__, getattr(mod, "num_features", None)]
+
+
+def arch_signature(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> str:
+    """A sha256 over a model's shape-defining layers and the input shape, independent of weights.
+
+    The ordered rows are (name, type, in/out channels, kernel, stride, groups, padding,
+    dilation) of every conv, (name, "Linear", in, out) of every linear layer and (name, type,
+    features) of every batch norm; two models that differ only in weight values share a
+    signature, a changed channel count changes it.
+
+    Args:
+        model: The torch model (a pruned candidate or a baseline).
+        input_shape: The shape fed to it (batch, C, H, W), e.g. ``profile.full_input_shape``.
+
+    Returns:
+        64 hex characters.
+    """
+    rows = [_layer_row(n, m) for n, m in model.named_modules() if isinstance(m, _SIG_LAYERS)]
+    payload = {"model": type(model).__qualname__, "input": list(input_shape), "layers": rows}
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def profile_fingerprint(profile: DeviceProfile, *, host: bool = True) -> str:
+    """A short hash of the profile fields that change a latency figure.
+
+    Included: runtime, precision, batch, input shape, ORT / TensorRT / power / remote settings
+    and, for local runtimes with ``host=True``, this machine's CPU model and runtime version
+    (a cache copied to another machine must not be trusted). The measurement loop settings,
+    name and description are left out: they change the noise of a figure, not what it
+    estimates.
+
+    Returns:
+        16 hex characters.
+    """
+    fields = profile.model_dump(
+        mode="json", exclude={"name", "description", "measurement", "latency_budget_ms"}
+    )
+    if host and profile.remote is None:
+        fields["host_cpu"] = cpu_model()
+        fields["runtime_version"] = _runtime_version(profile.runtime)
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _runtime_version(runtime: str) -> str | None:
+    import importlib.metadata
+
+    dists = ("onnxruntime", "onnxruntime-gpu") if runtime == "onnxruntime" else ("tensorrt",)
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def block_settings(settings: MeasurementSettings, blocks: int) -> MeasurementSettings:
+    """Per-block loop settings: the profile's minimums split over ``blocks`` interleaved blocks."""
+    return settings.model_copy(
+        update={
+            "min_iters": max(1, math.ceil(settings.min_iters / blocks)),
+            "min_duration_ms": settings.min_duration_ms / blocks,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """Candidate vs. baseline measured in interleaved blocks.
+
+    Attributes:
+        candidate: All candidate times (blocks merged).
+        baseline: All baseline times (blocks merged).
+        ratio: Median over blocks of candidate median / baseline median.
+        block_ratios: One ratio per block, in order.
+    """
+
+    candidate: LatencyStats
+    baseline: LatencyStats
+    ratio: float
+    block_ratios: tuple[float, ...]
+
+    def __iter__(self) -> Iterator[Any]:
+        # Unpacks as (candidate, baseline, ratio), the form the search uses.
+        return iter((self.candidate, self.baseline, self.ratio))
+
+
+class LatencyOracle:
+    """Measures candidates on a profile's target, caching by (signature, profile).
+
+    Args:
+        profile: Where and how to measure.
+        cache_path: Append-only JSON-lines cache (created on first write); ``None`` keeps the
+            cache in memory only. Rows of other profiles or fingerprints are ignored.
+        workdir: Where exported ONNX files go (a temporary directory when ``None``).
+        settings: Loop settings; the profile's ``measurement`` when ``None``.
+        export_fn: ``(model, profile, out_path) -> ...`` writing an ONNX file; defaults to
+            :func:`edgeprune.pipeline.export.export_onnx`.
+
+    Attributes:
+        hits: Measurements answered from the cache.
+        misses: Measurements that ran on the target.
+    """
+
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        cache_path: Path | None = None,
+        *,
+        workdir: Path | None = None,
+        settings: MeasurementSettings | None = None,
+        export_fn: ExportFn | None = None,
+    ) -> None:
+        self.profile = profile
+        self.settings = settings or profile.measurement
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="edgeprune-oracle-")
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
+        self.fingerprint = profile_fingerprint(profile)
+        self._export_fn = export_fn
+        self._target: Target | None = None
+        self._cache: dict[str, dict[str, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+        self._load()
+
+    # ---- cache -------------------------------------------------------------------------
+    def _key(self, kind: str, *sigs: str) -> str:
+        return "|".join((kind, self.profile.name, self.fingerprint, *sigs))
+
+    def _load(self) -> None:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return
+        with open(self.cache_path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash; the rest of the file is still good
+                if row.get("version") == CACHE_VERSION and "key" in row:
+                    self._cache[row["key"]] = row
+
+    def _store(self, key: str, row: dict[str, Any]) -> None:
+        row = {"version": CACHE_VERSION, "key": key, "time": time.time(), **row}
+        self._cache[key] = row
+        if self.cache_path is not None:
+            append_jsonl(self.cache_path, row)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    # ---- measuring ---------------------------------------------------------------------
+    @property
+    def target(self) -> Target:
+        if self._target is None:
+            target = target_for(self.profile)
+            require_available(target, self.profile)
+            self._target = target
+        return self._target
+
+    def signature(self, model_or_path: nn.Module | Path | str) -> str:
+        """The cache signature: :func:`arch_signature` for a model, ``onnx:<sha256>`` for a file."""
+        if isinstance(model_or_path, nn.Module):
+            return arch_signature(model_or_path, self.profile.full_input_shape)
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise OnnxModelError(f"{path} does not exist; export the model to ONNX first")
+        return "onnx:" + sha256_file(path)
+
+    def onnx_for(self, model_or_path: nn.Module | Path | str, sig: str | None = None) -> Path:
+        """The ONNX file of a candidate: exported once per signature into ``workdir``."""
+        if not isinstance(model_or_path, nn.Module):
+            return Path(model_or_path)
+        sig = sig or self.signature(model_or_path)
+        path = self.workdir / f"cand-{sig[:20]}.onnx"
+        if not path.is_file():
+            if self._export_fn is None:
+                # Imported here: targets must not import the pipeline at module import time.
+                from edgeprune.pipeline.export import export_onnx
+
+                self._export_fn = export_onnx
+            self._export_fn(model_or_path, self.profile, path)
+        return path
+
+    @contextmanager
+    def _prepared(self, path: Path) -> Iterator[Prepared]:
+        prepared = self.target.prepare(path, self.profile)
+        try:
+            yield prepared
+        finally:
+            prepared.close()
+
+    def measure(self, model_or_path: nn.Module | Path | str) -> LatencyStats:
+        """Latency of a model (or ONNX file) on the profile, from the cache when seen before.
+
+        Args:
+            model_or_path: A torch model (exported to ``workdir`` on a miss) or an ONNX file
+                (keyed by its content hash).
+
+        Returns:
+            The stats, measured with the oracle's settings.
+
+        Raises:
+            ExportError: The model could not be exported.
+            OnnxModelError: The ONNX file is missing or rejected by the runtime.
+            TargetUnavailableError: The profile's runtime is not usable here.
+        """
+        sig = self.signature(model_or_path)
+        key = self._key("abs", sig)
+        row = self._cache.get(key)
+        if row is not None:
+            self.hits += 1
+            return LatencyStats.from_dict(row["stats"])
+        self.misses += 1
+        path = self.onnx_for(model_or_path, sig)
+        with self._prepared(path) as prepared:
+            stats = self.target.measure(prepared, None, self.settings)
+        self._store(key, {"kind": "abs", "signature": sig, "stats": stats.to_dict()})
+        return stats
+
+    def measure_vs_baseline(
+        self,
+        model: nn.Module | Path | str,
+        baseline_model: nn.Module | Path | str,
+        blocks: int | None = None,
+    ) -> BaselineComparison:
+        """Candidate and baseline in interleaved blocks (A B A B ...), and their median ratio.
+
+        Both are warmed up once, then each block times the candidate and then the baseline
+        for ``settings.min_iters / blocks`` iterations and ``min_duration_ms / blocks``.
+        Slow drifts of the machine's load hit both alike, so the ratio stays meaningful when
+        absolute figures wander: check a budget as ``baseline_p50_at_start * ratio``.
+        Comparisons are cached like single measurements (the ratio, not the absolute times,
+        is what is reused).
+
+        Args:
+            model: The candidate (torch model or ONNX path).
+            baseline_model: The reference (usually the unpruned model).
+            blocks: Interleaved blocks; the settings' ``blocks`` when ``None``.
+
+        Returns:
+            A :class:`BaselineComparison`, which also unpacks as ``(cand, base, ratio)``.
+        """
+        n_blocks = blocks or self.settings.blocks
+        cand_sig, base_sig = self.signature(model), self.signature(baseline_model)
+        key = self._key(f"ratio{n_blocks}", cand_sig, base_sig)
+        row = self._cache.get(key)
+        if row is not None:
+            self.hits += 1
+            return BaselineComparison(
+                LatencyStats.from_dict(row["candidate"]),
+                LatencyStats.from_dict(row["baseline"]),
+                float(row["ratio"]),
+                tuple(row["block_ratios"]),
+            )
+        self.misses += 1
+        cand_path = self.onnx_for(model, cand_sig)
+        base_path = self.onnx_for(baseline_model, base_sig)
+        per_block = block_settings(self.settings, n_blocks)
+        cand_runs: list[LatencyStats] = []
+        base_runs: list[LatencyStats] = []
+        with self._prepared(cand_path) as cand, self._prepared(base_path) as base:
+            for i in range(n_blocks):
+                cand_runs.append(self._measure_block(cand, per_block, warmup=i == 0))
+                base_runs.append(self._measure_block(base, per_block, warmup=i == 0))
+        result = compare_blocks(cand_runs, base_runs)
+        self._store(
+            key,
+            {
+                "kind": "ratio",
+                "signature": cand_sig,
+                "baseline_signature": base_sig,
+                "ratio": result.ratio,
+                "block_ratios": list(result.block_ratios),
+                "candidate": result.candidate.to_dict(),
+                "baseline": result.baseline.to_dict(),
+            },
+        )
+        return result
+
+    def _measure_block(
+        self, prepared: Prepared, settings: MeasurementSettings, *, warmup: bool
+    ) -> LatencyStats:
+        measure: Callable[..., LatencyStats] = self.target.measure
+        if "warmup" in inspect.signature(measure).parameters:
+            return measure(prepared, None, settings, warmup=warmup)
+        # A target without the ``warmup`` keyword warms up in every block: slower, same figures.
+        return measure(prepared, None, settings)
+
+
+def compare_blocks(
+    cand_runs: list[LatencyStats], base_runs: list[LatencyStats]
+) -> BaselineComparison:
+    """Merge interleaved blocks and take the median of the per-block median ratios."""
+    if not cand_runs or len(cand_runs) != len(base_runs):
+        raise ValueError("need the same, non-zero number of candidate and baseline blocks")
+    ratios = tuple(c.median_ms / b.median_ms for c, b in zip(cand_runs, base_runs, strict=True))
+    cand, base = cand_runs[0], base_runs[0]
+    for c, b in zip(cand_runs[1:], base_runs[1:], strict=True):
+        cand, base = cand.merged(c), base.merged(b)
+    return BaselineComparison(cand, base, float(statistics.median(ratios)), ratios)
+
+
+def default_cache_dir() -> Path:
+    """``$EDGEPRUNE_CACHE`` or ``~/.cache/edgeprune``: where latency caches and LUTs live."""
+    import os
+
+    env = os.environ.get("EDGEPRUNE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgeprune"

@@ -1,0 +1,136 @@
+"""Runtime-agnostic timing: the warm-up + measurement loop, seeded inputs, and host facts.
+
+The loop follows trtexec: warm up until both a minimum count and a minimum wall time have
+passed (caches, thread pools and CPU clocks settle), then time iterations until both a
+minimum count and a minimum duration are met, capped by ``max_iters``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.profiles.schema import MeasurementSettings
+
+_NS_PER_MS = 1e6
+
+
+def time_loop(
+    fn: Callable[[], object], settings: MeasurementSettings, *, warmup: bool = True
+) -> list[float]:
+    """Call ``fn`` repeatedly and return the wall time of each timed call, in ms.
+
+    Args:
+        fn: One inference (inputs already bound, so only the run itself is timed).
+        settings: Warm-up and stopping rules; both minimums of a pair must be met.
+        warmup: Run the warm-up phase first (off for later blocks of an interleaved run,
+            where the model was warmed up once before the first block).
+
+    Returns:
+        Per-iteration times in milliseconds, in call order.
+    """
+    if warmup:
+        start = time.perf_counter_ns()
+        done = 0
+        warmup_ns = settings.warmup_ms * _NS_PER_MS
+        while done < settings.warmup_iters or time.perf_counter_ns() - start < warmup_ns:
+            fn()
+            done += 1
+    times_ms: list[float] = []
+    min_ns = settings.min_duration_ms * _NS_PER_MS
+    start = time.perf_counter_ns()
+    while len(times_ms) < settings.max_iters:
+        t0 = time.perf_counter_ns()
+        fn()
+        t1 = time.perf_counter_ns()
+        times_ms.append((t1 - t0) / _NS_PER_MS)
+        if len(times_ms) >= settings.min_iters and t1 - start >= min_ns:
+            break
+    return times_ms
+
+
+def random_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Seeded standard-normal float32 input (latency does not depend on values for CNNs)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(tuple(shape)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name ("model name" in /proc/cpuinfo), else platform.processor()."""
+    try:
+        fields = [
+            (key.strip().lower(), value.strip())
+            for key, _, value in (
+                line.partition(":")
+                for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+            )
+        ]
+    except OSError:
+        fields = []
+    # x86 says "model name" (its "model" is a number); Raspberry Pi kernels say "Model" or
+    # "Hardware" instead.
+    for wanted in ("model name", "model", "hardware"):
+        for key, value in fields:
+            if key == wanted and value and not value.isdigit():
+                return value
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _version(module: str, dists: Sequence[str]) -> str | None:
+    # Prefer the module already imported (the version actually in use); otherwise read the
+    # installed metadata so that host_info never pays for importing torch.
+    mod = sys.modules.get(module)
+    if mod is not None and getattr(mod, "__version__", None):
+        return str(mod.__version__)
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cpu_governor() -> str | None:
+    try:
+        path = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def host_info() -> dict[str, Any]:
+    """Facts about this machine that change latency figures, for reports.
+
+    Returns:
+        cpu_model, logical_cores, machine, os, python, onnxruntime / torch / numpy versions
+        (None when not installed), cpu_governor (None when unreadable) and the 1-minute load
+        average at the time of the call (None where the OS has none).
+    """
+    try:
+        load_1m: float | None = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load_1m = None
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": _version(
+            "onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
+        ),
+        "torch": _version("torch", ("torch",)),
+        "numpy": _version("numpy", ("numpy",)),
+        "cpu_governor": _cpu_governor(),
+        "load_avg_1m": load_1m,
+    }

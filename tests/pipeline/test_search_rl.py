@@ -1,0 +1,278 @@
+"""The RL searcher: policy maths, allocation, epsilon schedule, guard, determinism, resume.
+
+The "model" here is a deterministic function of the keep counts (accuracy loses more when
+a sensitive group is pruned; latency is linear in channels): a legitimate harness for a
+searcher, which never sees a model, only rewards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from edgeprune.errors import SearchError
+from edgeprune.pipeline.reward import RewardSettings, make_reward
+from edgeprune.pipeline.search import (
+    Candidate,
+    Outcome,
+    RLSearcher,
+    RLSettings,
+    epsilon_at,
+    make_searcher,
+    update_pd,
+)
+from edgeprune.pipeline.search.base import allocate_removal, channel_floor
+from edgeprune.pipeline.search.rl import initial_pd, sample_pd
+
+BASE = {10: 32, 11: 64, 12: 64, 13: 128}
+SENSITIVITY = {10: 2.0, 11: 0.2, 12: 0.1, 13: 0.05}  # group 10 hurts most when pruned
+COST_MS = {10: 0.02, 11: 0.01, 12: 0.01, 13: 0.005}
+REWARD = make_reward(RewardSettings(kind="latency", budget_ms=2.0))
+
+
+def fake_eval(c: Candidate) -> Outcome:
+    lost = sum(SENSITIVITY[g] * (1 - k / BASE[g]) for g, k in c.keep.items())
+    acc = max(0.0, 0.9 - lost)
+    lat = sum(COST_MS[g] * k for g, k in c.keep.items())
+    out = Outcome(c, 0.0, acc, lat, macs=sum(c.keep.values()), params=0)
+    return Outcome(c, REWARD(out), acc, lat, out.macs, 0)
+
+
+def run_steps(s: RLSearcher, widths: dict[int, int], n: int, step: int, mult: int = 1):
+    """Drive the searcher like the loop does; returns (proposal keys, chosen keys, widths)."""
+    proposals, chosen, prev_acc = [], [], 0.9
+    for _ in range(n):
+        s.start_step(widths, step, mult)
+        while batch := s.propose():
+            proposals.append([c.key() for c in batch])
+            s.observe([fake_eval(c) for c in batch])
+        kept = s.choose()
+        accepted = fake_eval(kept)
+        assert s.end_step(accepted, prev_acc)
+        prev_acc = accepted.accuracy
+        chosen.append(kept.key())
+        widths = dict(kept.keep)
+    return proposals, chosen, widths
+
+
+def test_initial_pd_is_proportional_to_width() -> None:
+    np.testing.assert_allclose(initial_pd([16, 32, 64, 16]), [0.125, 0.25, 0.5, 0.125])
+    s = RLSearcher(seed=0)
+    s.start_step(BASE, 14, 1)
+    np.testing.assert_allclose(s.pd, np.array([32, 64, 64, 128]) / 288)
+
+
+def test_sample_pd_adds_scaled_gaussian_then_clamps_and_renormalises() -> None:
+    pd = initial_pd([32, 64, 64, 128])
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    got = sample_pd(pd, rng, noise=0.04, floor=1e-5)
+    expected = np.maximum(pd + twin.standard_normal(4) * 0.04 * twin.random(), 1e-5)
+    np.testing.assert_allclose(got, expected / expected.sum())
+    assert got.sum() == pytest.approx(1.0)
+    # huge noise: negative entries are clamped to the floor before renormalising
+    wild = sample_pd(pd, np.random.default_rng(0), noise=50.0, floor=1e-5)
+    assert wild.sum() == pytest.approx(1.0) and np.all(wild > 0)
+    clamped = wild[wild < 1e-4]
+    assert clamped.size > 0 and np.allclose(clamped, clamped[0])
+
+
+def test_update_moves_toward_best_then_clips_the_ratio() -> None:
+    pd, best = np.array([0.5, 0.3, 0.2]), np.array([0.1, 0.5, 0.4])
+    # lambda 0.5: PD' = [0.3, 0.4, 0.3]; ratio [0.6, 1.33, 1.5] -> [0.8, 1.2, 1.2]
+    np.testing.assert_allclose(update_pd(pd, best, 0.5, 0.2, 1e-5), [0.4, 0.36, 0.24])
+    # lambda 0.1: PD' = [0.46, 0.32, 0.22], ratios inside [0.8, 1.2]: no clip
+    np.testing.assert_allclose(update_pd(pd, best, 0.1, 0.2, 1e-5), [0.46, 0.32, 0.22])
+    # clip disabled: the raw move
+    np.testing.assert_allclose(update_pd(pd, best, 0.5, 0.0, 1e-5), [0.3, 0.4, 0.3])
+
+
+@pytest.mark.parametrize("mult", [1, 4, 16])
+def test_allocation_sums_to_the_step_and_respects_multiple_and_floor(mult: int) -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 8))
+        widths = [int(mult * rng.integers(1, 9)) for _ in range(n)]
+        shares = rng.dirichlet(np.ones(n)).tolist()
+        step = int(mult * rng.integers(1, 6))
+        removed = allocate_removal(shares, widths, step, mult)
+        capacity = sum(w - channel_floor(w, mult) for w in widths)
+        assert sum(removed) == min(step, capacity)  # widths and step on the grid: exact
+        for w, r in zip(widths, removed, strict=True):
+            assert 0 <= r <= w - channel_floor(w, mult)
+            assert (w - r) % mult == 0 and w - r >= max(mult, 1)
+
+
+def test_allocation_off_grid_widths_snap_to_multiples_and_stay_close() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        widths = [int(rng.integers(1, 100)) for _ in range(5)]
+        step = int(rng.integers(1, 60))
+        removed = allocate_removal(rng.dirichlet(np.ones(5)).tolist(), widths, step, 8)
+        for w, r in zip(widths, removed, strict=True):
+            assert r == 0 or ((w - r) % 8 == 0 and w - r >= 8)
+        capacity = sum(w - channel_floor(w, 8) for w in widths)
+        assert abs(sum(removed) - min(step, capacity)) <= 8
+
+
+def test_allocation_follows_the_distribution_by_largest_remainder() -> None:
+    assert allocate_removal([0.5, 0.3, 0.2], [16, 32, 64], 10, 1) == [5, 3, 2]
+    # ideal [3.5, 2.1, 1.4]: floors [3, 2, 1] + the largest remainder (group 0)
+    assert allocate_removal([0.5, 0.3, 0.2], [16, 32, 64], 7, 1) == [4, 2, 1]
+    # group 0 can give only 3 (floor 1); the rest is re-split over the others by share
+    assert allocate_removal([0.9, 0.05, 0.05], [4, 64, 64], 13, 1) == [3, 5, 5]
+
+
+def test_epsilon_schedule_cosine_over_first_tenth_of_steps() -> None:
+    assert epsilon_at(0, 100, 0.4) == pytest.approx(0.4)
+    assert epsilon_at(5, 100, 0.4) == pytest.approx(0.2)  # half-way: cos(pi/2) = 0
+    assert epsilon_at(10, 100, 0.4) == pytest.approx(0.0, abs=1e-12)
+    assert all(epsilon_at(k, 100, 0.4) == 0.0 for k in range(11, 100))
+    values = [epsilon_at(k, 100, 0.4) for k in range(11)]
+    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+    assert epsilon_at(5, 100, 0.4, schedule="linear") == pytest.approx(0.2)
+    assert epsilon_at(3, 100, 0.4, schedule="linear") == pytest.approx(0.28)
+    assert epsilon_at(50, 100, 0.4, schedule="constant") == 0.4
+
+
+def test_searcher_epsilon_follows_accepted_steps() -> None:
+    s = RLSearcher(RLSettings(total_steps_estimate=20, rl_epochs=1, samples=2), seed=0)
+    assert s.epsilon == pytest.approx(0.4)
+    run_steps(s, dict(BASE), 1, 14)
+    assert s.epsilon == pytest.approx(0.4 * 0.5 * (1 + np.cos(np.pi * 1 / 2)))
+    run_steps(s, dict(BASE), 2, 14)
+    assert s.epsilon == 0.0
+
+
+def test_epoch_update_uses_the_best_candidate_pd() -> None:
+    s = RLSearcher(RLSettings(rl_epochs=2, samples=5, step_length=0.1), seed=4)
+    s.start_step(BASE, 28, 1)
+    pd0 = s.pd.copy()
+    batch = s.propose()
+    outs = [fake_eval(c) for c in batch]
+    s.observe(outs[:2])  # partial: no update yet
+    np.testing.assert_array_equal(s.pd, pd0)
+    s.observe(outs[2:])
+    best = max(outs, key=lambda o: o.reward).candidate
+    np.testing.assert_allclose(s.pd, update_pd(pd0, np.array(best.pd), 0.1, 0.2, 1e-5))
+    assert s.buffer[0][1] == best and len(s.buffer) == 5
+    # a second epoch that does not beat the step's best leaves PD alone
+    pd1 = s.pd.copy()
+    batch = s.propose()
+    s.observe([Outcome(c, reward=-1.0, accuracy=0.1) for c in batch])
+    np.testing.assert_array_equal(s.pd, pd1)
+    assert s.propose() == []
+    assert s.choose() == best  # epsilon 0.4 but the draw exploits for this seed
+
+
+def test_rl_learns_to_spare_the_sensitive_group() -> None:
+    s = RLSearcher(RLSettings(rl_epochs=3, samples=6, noise=0.08), seed=1)
+    _, _, widths = run_steps(s, dict(BASE), 6, 14)
+    share0 = 32 / 288
+    assert s.pd[0] < 0.7 * share0  # group 10 (sensitive) lost share
+    assert widths[10] > 32 * (1 - 6 * 14 / 288)  # pruned less than uniform would
+
+
+def test_collapse_guard_resets_pd_and_asks_for_one_redo() -> None:
+    s = RLSearcher(RLSettings(rl_epochs=1, samples=3, max_redos=1), seed=0)
+    widths = {10: 30, 11: 60, 12: 64, 13: 100}
+    s.start_step(widths, 14, 1)
+    while batch := s.propose():
+        s.observe([fake_eval(c) for c in batch])
+    kept = s.choose()
+    assert not np.allclose(s.pd, initial_pd(list(widths.values())))
+    drop = Outcome(kept, 0.5, accuracy=0.80, latency_ms=1.0)  # 11.1% below 0.90
+    assert s.end_step(drop, 0.90) is False
+    np.testing.assert_allclose(s.pd, initial_pd([30, 60, 64, 100]))
+    with pytest.raises(SearchError, match="start_step"):
+        s.propose()
+    s.start_step(widths, 14, 1)  # redo: same step index, tags say so
+    batch = s.propose()
+    assert batch[0].tag == "step0/redo1/epoch0/sample0"
+    s.observe([fake_eval(c) for c in batch])
+    kept = s.choose()
+    assert s.end_step(Outcome(kept, 0.5, accuracy=0.5), 0.90) is True  # redo budget spent
+    assert s.step_index == 1
+
+
+def test_collapse_guard_threshold_is_relative_ten_percent() -> None:
+    for acc, ok in [(0.82, True), (0.8101, True), (0.80, False)]:
+        s = RLSearcher(RLSettings(rl_epochs=1, samples=2), seed=0)
+        s.start_step(BASE, 14, 1)
+        s.observe([fake_eval(c) for c in s.propose()])
+        assert s.end_step(Outcome(s.choose(), 0.0, accuracy=acc), 0.90) is ok
+
+
+def test_same_seed_same_plan_other_seed_other_plan() -> None:
+    a = run_steps(make_searcher("rl", {"rl_epochs": 3, "samples": 4}, seed=5), dict(BASE), 3, 14)
+    b = run_steps(make_searcher("rl", {"rl_epochs": 3, "samples": 4}, seed=5), dict(BASE), 3, 14)
+    c = run_steps(make_searcher("rl", {"rl_epochs": 3, "samples": 4}, seed=6), dict(BASE), 3, 14)
+    assert a == b
+    assert a[0] != c[0]
+
+
+def _continue(s: RLSearcher, widths: Mapping[int, int]) -> list:
+    """Finish the current step, then run two more; record everything."""
+    log = []
+    while batch := s.propose():
+        log.append([(c.tag, c.key(), c.pd) for c in batch])
+        s.observe([fake_eval(c) for c in batch])
+    kept = s.choose()
+    s.end_step(fake_eval(kept), 0.9)
+    log.append(("chosen", kept.key(), s.pd.tolist()))
+    props, chosen, _ = run_steps(s, dict(kept.keep), 2, 14)
+    return [*log, props, chosen]
+
+
+def test_state_dict_round_trip_mid_step_continues_identically() -> None:
+    s = RLSearcher(RLSettings(rl_epochs=3, samples=4), seed=9)
+    _, _, widths = run_steps(s, dict(BASE), 1, 14)
+    s.start_step(widths, 14, 1)
+    batch = s.propose()
+    s.observe([fake_eval(c) for c in batch])
+    half = s.propose()
+    s.observe([fake_eval(half[0])])  # mid-epoch: one outcome in, three outstanding
+
+    saved = json.loads(json.dumps(s.state_dict()))
+    clone = make_searcher("rl", {"rl_epochs": 3, "samples": 4}, seed=0)  # seed is restored
+    clone.load_state_dict(saved)
+    rest = [fake_eval(c) for c in half[1:]]
+    s.observe(rest)
+    clone.observe(rest)
+    assert _continue(s, widths) == _continue(clone, widths)
+
+
+def test_contract_misuse_and_bad_state_raise_search_error() -> None:
+    s = RLSearcher(RLSettings(rl_epochs=1, samples=2), seed=0)
+    with pytest.raises(SearchError, match="start_step"):
+        s.propose()
+    s.start_step(BASE, 14, 1)
+    batch = s.propose()
+    with pytest.raises(SearchError, match="observe"):
+        s.propose()
+    with pytest.raises(SearchError, match="not an outstanding"):
+        s.observe([Outcome(Candidate({10: 1}, 1, tag="bogus"), 0.0, 0.5)])
+    s.observe([Outcome(c, float("-inf"), 0.0) for c in batch])  # both failed
+    with pytest.raises(SearchError, match="all failed"):
+        s.choose()
+    with pytest.raises(SearchError, match="groups changed"):
+        s.start_step({10: 32, 11: 64}, 14, 1)
+    with pytest.raises(SearchError, match="step_channels"):
+        s.start_step(BASE, 0, 1)
+    with pytest.raises(SearchError, match="uniform"):
+        s.load_state_dict(make_searcher("uniform").state_dict())
+    with pytest.raises(SearchError, match="ppo_clip"):
+        RLSettings(ppo_clip=1.5)
+    with pytest.raises(SearchError, match="unknown searcher"):
+        make_searcher("greedy")
+
+
+def test_registry_names_and_rewards() -> None:
+    assert make_searcher("rl").reward_kind == "latency"
+    flops = make_searcher("rl-flops", RLSettings.paper())
+    assert flops.reward_kind == "flops" and isinstance(flops, RLSearcher)
+    assert flops.settings.rl_epochs == 10 and flops.settings.samples == 10
+    assert make_searcher("uniform").reward_kind == "latency"
+    assert make_searcher("magnitude").needs_scores
