@@ -11,6 +11,7 @@ Usage: ``python bench/bench_prune.py [--repeats 7] [--threads 2]``
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import copy
 import platform
 import statistics
@@ -91,7 +92,7 @@ def run(repeats: int, threads: int) -> dict:
         "model": "resnet56",
         "input_shape": list(x.shape),
         "torch": torch.__version__,
-        "torch_pruning": tp.__version__,
+        "torch_pruning": importlib.metadata.version("torch-pruning"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": threads,
         "repeats": repeats,

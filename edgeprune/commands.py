@@ -30,23 +30,23 @@ def run_profiles(args: argparse.Namespace) -> int:
         out.print(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False), end="")
         return 0
     table = Table(title="Device profiles")
-    for col in ("name", "runtime", "precision", "batch", "input", "available here", "device"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)
+    for col in ("runtime", "precision", "batch", "input", "here"):
+        table.add_column(col, no_wrap=True)
+    notes = []
     for p in list_profiles():
         try:
             ok, reason = target_for(p).available()
         except EdgepruneError as exc:
             ok, reason = False, str(exc)
-        table.add_row(
-            p.name,
-            p.runtime,
-            p.precision,
-            str(p.batch),
-            "x".join(map(str, p.input_shape)),
-            "yes" if ok else f"no: {reason}",
-            p.device,
-        )
+        if not ok:
+            notes.append(f"{p.name}: unavailable here: {reason}")
+        shape = "x".join(map(str, p.input_shape))
+        row = (p.runtime, p.precision, str(p.batch), shape, "yes" if ok else "no")
+        table.add_row(p.name, *row)
     out.print(table)
+    for note in notes:
+        out.print(note, soft_wrap=True)
     return 0
 
 
@@ -58,7 +58,142 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require(path: Path | None, what: str) -> Path:
-    if path is None:
-        raise EdgepruneError(f"{what} is required")
-    return path
+def _load_user_model(args: argparse.Namespace, num_classes: int):  # type: ignore[no-untyped-def]
+    from edgeprune.models import load_model
+
+    return load_model(args.model, num_classes, args.weights, args.trust_pickle)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from edgeprune.data import load_data
+    from edgeprune.pipeline.train import train
+
+    data = load_data(args.data, seed=args.seed)
+    model = _load_user_model(args, args.num_classes or data.num_classes)
+    result = train(
+        model,
+        data,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        out=args.out,
+    )
+    out.print(
+        f"best validation top-1 {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
+        f"/{result.epochs} ({result.wall_s:.0f} s) -> {args.out}"
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import json
+
+    from edgeprune.pipeline.export import export_onnx
+    from edgeprune.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    model = _load_user_model(args, args.num_classes or 10)
+    info = export_onnx(model, profile, args.out, opset=args.opset)
+    out.print(json.dumps(info.to_dict(), indent=2, default=str))
+    if args.fp16:
+        from edgeprune.calibration.fp16 import convert_fp16
+
+        fp16 = convert_fp16(args.out, args.out.with_suffix(".fp16.onnx"))
+        out.print(f"FP16 model -> {fp16}")
+    if args.int8:
+        from edgeprune.calibration.int8 import export_int8
+
+        if not args.calib_data:
+            raise EdgepruneError("--int8 needs --calib-data (e.g. --calib-data digits)")
+        result = export_int8(
+            args.out, args.out.with_suffix(".int8.onnx"), args.calib_data, profile,
+            n_samples=args.calib_samples,
+        )  # fmt: skip
+        out.print(json.dumps(result, indent=2, default=str))
+    from edgeprune.targets.trt_ops import check_tensorrt_ops
+
+    ops = check_tensorrt_ops(args.out)
+    out.print(ops.summary())
+    return 0
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from edgeprune.pipeline.benchmark import benchmark, render_table
+    from edgeprune.profiles import DEFAULT_PROFILE, load_profile
+
+    profiles = [load_profile(p) for p in (args.profile or [DEFAULT_PROFILE])]
+    if args.blocks is not None and args.blocks < 1:
+        raise EdgepruneError(f"--blocks must be at least 1, got {args.blocks}")
+    result = benchmark(args.onnx, profiles, out_dir=args.out, blocks=args.blocks)
+    out.print(render_table(result))
+    try:
+        from edgeprune.report import render_benchmark
+    except ImportError:
+        return 0
+    paths = render_benchmark(args.out)
+    out.print("report: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from edgeprune.report import render_any
+
+    paths = render_any(args.run_dir)
+    out.print("\n".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from edgeprune.agent.server import serve
+
+    serve(args.host, args.port, args.token_file)
+    return 0
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from edgeprune.config import RunConfig
+    from edgeprune.pipeline.compress import compress
+
+    if args.resume is not None:
+        compress(RunConfig(), args.resume, resume=True, console=console)
+        return 0
+    config = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    raw = config.model_dump()
+    model = raw["model"]
+    if args.model != "resnet20" or args.config is None:
+        model["name"] = args.model
+    for key, val in (("weights", args.weights), ("num_classes", args.num_classes)):
+        if val is not None:
+            model[key] = val
+    if args.trust_pickle:
+        model["trust_pickle"] = True
+    if args.data != "digits" or args.config is None:
+        raw["data"]["source"] = args.data
+    if args.profile:
+        raw["profile"] = args.profile
+    goals = {
+        "budget_ms": args.budget_ms,
+        "speedup": args.speedup,
+        "sparsity": args.sparsity,
+        "flops_ratio": args.flops_ratio,
+    }
+    if any(v is not None for v in goals.values()):
+        raw["goal"] = {**raw["goal"], **goals}
+    if args.searcher:
+        raw["search"]["searcher"] = args.searcher
+    if args.seed is not None:
+        raw["seed"] = args.seed
+    config = RunConfig.validate_dict(raw, where="command line")
+    out_dir = args.out or _default_run_dir(config)
+    console.print(f"run directory: {out_dir}")
+    compress(config, out_dir, console=console)
+    return 0
+
+
+def _default_run_dir(config) -> Path:  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = config.model.name.replace(":", "_").replace(".", "_")
+    return Path("runs") / f"{name}-{config.profile}-{stamp}"

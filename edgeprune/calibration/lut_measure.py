@@ -72,8 +72,9 @@ class LayerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LayerConfig:
-        tup = ("kernel", "stride", "padding", "dilation", "in_hw")
-        return cls(**{k: tuple(v) if k in tup else v for k, v in d.items()})
+        pairs = ("kernel", "stride", "padding", "dilation", "in_hw")
+        kw: dict[str, Any] = {k: tuple(v) if k in pairs else v for k, v in d.items()}
+        return cls(**kw)
 
     @property
     def channel_step(self) -> int:
@@ -175,12 +176,12 @@ def enumerate_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Layer
                 "Linear layers only — measure this model with the latency oracle instead"
             )
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            handles.append(
-                mod.register_forward_pre_hook(lambda m, a, n=name: hook(n, m, a))  # type: ignore[misc]
-            )
-    was_training = model.training
+            handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: hook(n, m, a)))
+    was_training, threads = model.training, torch.get_num_threads()
     try:
         model.eval()
+        # One small forward for shapes: extra threads only add contention on a busy host.
+        torch.set_num_threads(1)
         with torch.no_grad():
             model(torch.zeros(tuple(input_shape)))
     except Exception as exc:
@@ -189,6 +190,7 @@ def enumerate_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Layer
             "pick a profile whose input_shape fits the model"
         ) from exc
     finally:
+        torch.set_num_threads(threads)
         model.train(was_training)
         for h in handles:
             h.remove()

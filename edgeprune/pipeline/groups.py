@@ -183,8 +183,7 @@ def build_groups(
     work = copy.deepcopy(model).eval()
     x = example_input.detach()
     try:
-        with torch.no_grad():
-            out = work(x)
+        first_calls, out = reached_layers(work, x)
     except Exception as exc:
         raise PruningError(
             f"{name} does not run on an input of shape {tuple(x.shape)}: {exc} — "
@@ -195,7 +194,7 @@ def build_groups(
             f"{name} returns a {type(out).__name__}; the pruning engine needs a model that "
             "returns one tensor — wrap it so forward returns the logits"
         )
-    _check_static_control_flow(work, x, name)
+    _check_static_control_flow(work, x, first_calls, name)
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(work, x, verbose=False)
     _check_all_layers_traced(work, graph, x, name)
@@ -340,7 +339,8 @@ def probe_removed(info: GroupInfo) -> tuple[int, ...]:
 
 
 def _freeze_unsafe(model: nn.Module, infos: list[GroupInfo], x: torch.Tensor) -> list[GroupInfo]:
-    """Probe all prunable groups at once; if that fails, probe each alone to find the culprits."""
+    """Probe all prunable groups at once; bisect only when that fails (one bad group among n
+    costs about 2 log2(n) probes instead of n)."""
     candidates = [g for g in infos if not g.frozen]
     if not candidates:
         return infos
@@ -348,13 +348,31 @@ def _freeze_unsafe(model: nn.Module, infos: list[GroupInfo], x: torch.Tensor) ->
     # A seeded random input, not the caller's (which may be all zeros): the probe compares
     # functions, so every channel should carry signal. float64 keeps the tolerance tight.
     xd = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    if _probe(base, candidates, xd) is None:
-        return infos
-    out = []
-    for g in infos:
-        reason = None if g.frozen else _probe(base, [g], xd)
-        out.append(g if reason is None else _replace_reason(g, f"unsafe to prune: {reason}"))
-    return out
+    reasons: dict[int, str] = {}
+
+    def search(part: list[GroupInfo], known_bad: str | None = None) -> None:
+        reason = known_bad if known_bad is not None else _probe(base, part, xd)
+        if reason is None:
+            return
+        if len(part) == 1:
+            reasons[part[0].id] = reason
+            return
+        half = len(part) // 2
+        left, right = part[:half], part[half:]
+        left_reason, right_reason = _probe(base, left, xd), _probe(base, right, xd)
+        if left_reason is None and right_reason is None:
+            # Only the combination fails: test each group on its own.
+            for g in part:
+                search([g])
+            return
+        search(left, left_reason)
+        search(right, right_reason)
+
+    search(candidates)
+    return [
+        _replace_reason(g, f"unsafe to prune: {reasons[g.id]}") if g.id in reasons else g
+        for g in infos
+    ]
 
 
 def _replace_reason(g: GroupInfo, reason: str) -> GroupInfo:
@@ -380,11 +398,13 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
-def _check_static_control_flow(model: nn.Module, x: torch.Tensor, name: str) -> None:
-    """Two different inputs must run the same layers in the same order."""
+def _check_static_control_flow(
+    model: nn.Module, x: torch.Tensor, first: tuple[str, ...], name: str
+) -> None:
+    """A second, very different input must run the same layers in the same order."""
     gen = torch.Generator().manual_seed(1)
     other = -3.0 * torch.randn(x.shape, generator=gen, dtype=x.dtype) - 1.0
-    first, second = reached_layers(model, x), reached_layers(model, other)
+    second, _ = reached_layers(model, other)
     if first != second:
         diff = sorted(set(first) ^ set(second)) or ["(same layers, different order)"]
         raise PruningError(

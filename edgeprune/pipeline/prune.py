@@ -279,8 +279,9 @@ def forward_probe(
     return None
 
 
-def reached_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, ...]:
-    """Names of the layers with weights that one forward runs, in call order."""
+def reached_layers(model: nn.Module, x: torch.Tensor) -> tuple[tuple[str, ...], object]:
+    """Run ``model(x)`` once; return the names of the layers with weights it ran, in call
+    order, and the output."""
     calls: list[str] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, _o, n=n: calls.append(n))
@@ -289,8 +290,8 @@ def reached_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, ...]:
     ]
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for h in hooks:
             h.remove()
-    return tuple(calls)
+    return tuple(calls), out

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from edgeprune.errors import SearchError
 from edgeprune.pipeline.finetune import distill_
 from edgeprune.pipeline.groups import build_groups, count_macs_params
+from edgeprune.pipeline.importance import get_importance
 from edgeprune.pipeline.plan import PruningPlan
 from edgeprune.pipeline.prune import prune
 from edgeprune.pipeline.reward import Metrics
@@ -206,8 +207,9 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
         searcher.start_step(_widths(groups), step_channels, ctx.multiple,
                             base_widths=_widths(ctx.base_groups))
         if getattr(searcher, "needs_scores", False):
-            scorer = importance if callable(importance) else None
-            searcher.set_scores({g.id: scorer(g, model, g.width).numpy() for g in groups.prunable})
+            # Torch-Pruning's global magnitude pruning ranks by group L2 importance.
+            l2 = get_importance("l2")
+            searcher.set_scores({g.id: l2(g, model, g.width).numpy() for g in groups.prunable})
         seen: dict[Any, tuple[Outcome, dict[str, Any]]] = {}
         best = float("-inf")
         n = 0

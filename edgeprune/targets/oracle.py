@@ -198,11 +198,21 @@ class LatencyOracle:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash; the rest of the file is still good
-                if row.get("version") == CACHE_VERSION and "key" in row:
+                mine = row.get("profile") == self.profile.name and (
+                    row.get("fingerprint") == self.fingerprint
+                )
+                if mine and row.get("version") == CACHE_VERSION and "key" in row:
                     self._cache[row["key"]] = row
 
     def _store(self, key: str, row: dict[str, Any]) -> None:
-        row = {"version": CACHE_VERSION, "key": key, "time": time.time(), **row}
+        row = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "profile": self.profile.name,
+            "fingerprint": self.fingerprint,
+            "time": time.time(),
+            **row,
+        }
         self._cache[key] = row
         if self.cache_path is not None:
             append_jsonl(self.cache_path, row)

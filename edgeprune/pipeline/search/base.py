@@ -241,7 +241,8 @@ def allocate_removal(
        below its ideal share (in grid steps), while doing so brings the total closer to
        the target. With ``multiple == 1`` this is exact largest-remainder rounding and the
        total equals ``min(step_channels, capacity)``; otherwise it is as close as the
-       grid allows.
+       grid allows, but never 0 while there is capacity (one grid step at least, so a
+       step smaller than the multiple still makes progress).
 
     Ties go to the earlier group, so the result is deterministic.
     """
@@ -256,13 +257,15 @@ def allocate_removal(
     removed = [w - k for w, k in zip(widths, keep, strict=True)]
     deficit = target - sum(removed)
     while deficit > 0:
+        # a step smaller than half a grid step would remove nothing: allow one overshoot
+        stalled = sum(removed) == 0
         best, best_rem, best_inc = -1, -math.inf, 0
         for i, (w, k) in enumerate(zip(widths, keep, strict=True)):
             nxt = _next_keep_below(k, w, m)
             if nxt is None:
                 continue
             inc = k - nxt
-            if inc >= 2 * deficit:  # would land further from the target than now
+            if inc >= 2 * deficit and not stalled:  # would land further from the target
                 continue
             rem = (ideal[i] - removed[i]) / inc
             if rem > best_rem:

@@ -291,6 +291,7 @@ class RLSearcher:
                 )
             self._epoch_rows.append(_Row(float(out.reward), self._counter, cand))
             self._counter += 1
+            self._chosen = None
         if not self._pending and self._epoch_rows:
             self._finish_epoch()
 
@@ -304,6 +305,8 @@ class RLSearcher:
                 "no candidate of this step could be evaluated (all failed); "
                 "check the pruning engine's forward check in search.jsonl"
             )
+        if self._chosen is not None:  # idempotent: a second call must not redraw
+            return self._chosen
         eps = self.epsilon
         u = self.rng.random()
         idx = int(self.rng.integers(len(self._buffer))) if u < eps else 0

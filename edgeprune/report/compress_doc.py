@@ -1,0 +1,374 @@
+"""The content of a compress report, built from ``report.json`` (kind "compress")."""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from typing import Any
+
+from edgeprune.report import fmt
+from edgeprune.report.blocks import Block, Document, Figure, Heading, Para, Table, flatten, kv_table
+
+_LAT_ROWS = (
+    ("p50 latency (ms)", "p50_ms"),
+    ("p90 latency (ms)", "p90_ms"),
+    ("p99 latency (ms)", "p99_ms"),
+    ("mean latency (ms)", "mean_ms"),
+)
+_SETTING_KEYS = (
+    "runtime",
+    "onnxruntime_version",
+    "tensorrt_version",
+    "execution_provider",
+    "intra_op_threads",
+    "inter_op_threads",
+    "allow_spinning",
+    "graph_optimization",
+    "precision",
+    "batch",
+    "input_shape",
+    "cuda_graph",
+    "data_transfers",
+)
+
+
+def _pp(before: Any, after: Any) -> str:
+    if before is None or after is None:
+        return fmt.MISSING
+    return f"{100 * (after - before):+.2f} pp"
+
+
+def _goal_text(r: dict[str, Any]) -> str:
+    goal, prof = r["goal"], r["profile"]["name"]
+    final_p50 = r["final"]["latency"][prof]["p50_ms"]
+    budget = goal.get("budget_ms")
+    if budget is not None:
+        met = "met" if goal.get("budget_met") else "NOT met"
+        head = (
+            f"Latency budget {fmt.ms(budget)} ms on {prof}: {met} "
+            f"(final p50 {fmt.ms(final_p50)} ms)."
+        )
+    else:
+        which = [f"{k} {goal[k]}" for k in ("sparsity", "flops_ratio") if goal.get(k)]
+        head = f"Goal: {', '.join(which) or 'see configuration'}; final p50 {fmt.ms(final_p50)} ms."
+    sp = r["speedup"]
+    return (
+        f"{head} Measured speedup {fmt.speedup(sp['measured_p50'])} (p50 ratio) for "
+        f"{fmt.speedup(sp.get('macs_ratio'))} fewer MACs. Search stopped: "
+        f"{goal.get('stop_reason') or '-'} after {len(r['search']['steps'])} prune steps."
+    )
+
+
+def _results(r: dict[str, Any]) -> Table:
+    prof = r["profile"]["name"]
+    b, f = r["baseline"], r["final"]
+    bl, fl = b["latency"][prof], f["latency"][prof]
+    rows: list[tuple[str, str, str, str]] = []
+    for label, key in _LAT_ROWS:
+        change = fmt.speedup(bl[key] / fl[key]) + " faster" if fl[key] else fmt.MISSING
+        rows.append((label, fmt.ms(bl[key]), fmt.ms(fl[key]), change))
+    rows.append(("latency CoV", fmt.pct(bl.get("cov")), fmt.pct(fl.get("cov")), ""))
+    for split in ("val", "test"):
+        ba, fa = b["accuracy"].get(split), f["accuracy"].get(split)
+        rows.append((f"{split} top-1", fmt.pct(ba), fmt.pct(fa), _pp(ba, fa)))
+    rows.append(
+        (
+            "MACs",
+            fmt.macs_m(b["macs"]),
+            fmt.macs_m(f["macs"]),
+            fmt.speedup(b["macs"] / max(f["macs"], 1)) + " fewer",
+        )
+    )
+    rows.append(
+        (
+            "params",
+            fmt.params_m(b["params"]),
+            fmt.params_m(f["params"]),
+            fmt.speedup(b["params"] / max(f["params"], 1)) + " fewer",
+        )
+    )
+    if b.get("onnx_bytes") and f.get("onnx_bytes"):
+        rows.append(
+            (
+                "ONNX file",
+                fmt.size(b["onnx_bytes"]),
+                fmt.size(f["onnx_bytes"]),
+                fmt.speedup(b["onnx_bytes"] / f["onnx_bytes"]) + " smaller",
+            )
+        )
+    return Table(("", "baseline", "pruned", "change"), tuple(rows))
+
+
+def _speedup(r: dict[str, Any]) -> Table:
+    sp = r["speedup"]
+    rows = (
+        (
+            "measured p50 ratio",
+            fmt.speedup(sp["measured_p50"]),
+            "baseline p50 / pruned p50, interleaved blocks, same process",
+        ),
+        (
+            "median block ratio",
+            fmt.speedup(sp.get("median_block_ratio")),
+            "median over blocks of baseline / pruned (robust to drift)",
+        ),
+        (
+            "MACs ratio",
+            fmt.speedup(sp.get("macs_ratio")),
+            "baseline MACs / pruned MACs (what FLOPs-based tools call speedup)",
+        ),
+    )
+    return Table(("speedup", "value", "how it is computed"), rows, align="lrl")
+
+
+def latency_rows(series: list[tuple[str, str, dict[str, Any]]]) -> Table:
+    """One row per (profile, model, LatencyStats dict)."""
+    rows = tuple(
+        (
+            prof,
+            model,
+            str(s.get("count", fmt.MISSING)),
+            fmt.ms(s.get("min_ms")),
+            fmt.ms(s["p50_ms"]),
+            fmt.ms(s["p90_ms"]),
+            fmt.ms(s.get("p95_ms")),
+            fmt.ms(s.get("p99_ms")),
+            fmt.ms(s.get("mean_ms")),
+            fmt.pct(s.get("cov")),
+        )
+        for prof, model, s in series
+    )
+    return Table(
+        (
+            "profile",
+            "model",
+            "iterations",
+            "min ms",
+            "p50 ms",
+            "p90 ms",
+            "p95 ms",
+            "p99 ms",
+            "mean ms",
+            "CoV",
+        ),
+        rows,
+        align="ll",
+    )
+
+
+def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
+    s = r["search"]
+    cands = s["candidates"]
+    sources = sorted({str(c.get("latency_source")) for c in cands})
+    oracle = s.get("oracle") or {}
+    out: list[Block] = [
+        Heading("Search"),
+        Para(
+            f"Searcher {s.get('searcher', '-')}, channel multiple "
+            f"{s.get('channel_multiple', '-')}, "
+            f"{len(s['steps'])} prune steps ({s.get('redos', 0)} redone after an accuracy "
+            f"collapse), {len(cands)} candidates evaluated (latency source: "
+            f"{', '.join(sources) or '-'}; latency cache hits {oracle.get('hits', '-')}, misses "
+            f"{oracle.get('misses', '-')}). Candidate accuracy is the validation proxy (after "
+            "BatchNorm re-estimation, before fine-tuning); the test split was not used."
+        ),
+    ]
+    if "latency_per_step" in figures:
+        out.append(
+            Figure(
+                "latency_per_step",
+                "Measured p50 latency of the model kept at each "
+                "step (interleaved with the baseline) and the LUT's prediction for "
+                "it, against the budget; accuracy below.",
+            )
+        )
+    rows = tuple(
+        (
+            str(st["step"]),
+            str(st.get("candidates", "-")),
+            fmt.ratio(st.get("best_reward")),
+            str(st.get("chosen", "-")),
+            fmt.ratio(st.get("chosen_reward")),
+            fmt.pct(st.get("proxy_accuracy_before_ft")),
+            fmt.pct(st.get("val_accuracy_after_ft")),
+            fmt.ms(st.get("predicted_ms")),
+            fmt.ms(st.get("latency_ms")),
+            fmt.macs_m(st.get("macs")),
+        )
+        for st in s["steps"]
+    )
+    out.append(
+        Table(
+            (
+                "step",
+                "candidates",
+                "best reward",
+                "kept",
+                "kept reward",
+                "proxy acc.",
+                "val acc. after FT",
+                "LUT ms",
+                "measured ms",
+                "MACs",
+            ),
+            rows,
+            align="rrrl",
+        )
+    )
+    lut = r.get("lut")
+    if lut and lut.get("prediction_error"):
+        err = lut["prediction_error"]
+        out.append(
+            Para(
+                f"Latency lookup table (channel multiple {lut.get('channel_multiple', '-')}): mean "
+                f"absolute prediction error {fmt.pct(err.get('mape'))}, worst "
+                f"{fmt.pct(err.get('max_abs_pct'))} over {err.get('n', 0)} steps "
+                f"({lut.get('note', '')})."
+            )
+        )
+    return out
+
+
+def _channels(r: dict[str, Any], figures: Container[str]) -> list[Block]:
+    rows = r["channels"]
+    out: list[Block] = [Heading("Channels per layer")]
+    if "channels_per_layer" in figures:
+        out.append(
+            Figure(
+                "channels_per_layer",
+                "Output channels of every dependency group before and after pruning.",
+            )
+        )
+    total_b = sum(c["before"] for c in rows)
+    total_a = sum(c["after"] for c in rows)
+    body = [
+        (
+            str(c["group"]),
+            str(c.get("name") or "-"),
+            str(c["before"]),
+            str(c["after"]),
+            fmt.pct(c["after"] / c["before"] if c["before"] else None),
+            str(c.get("frozen") or ""),
+        )
+        for c in rows
+    ]
+    body.append(
+        ("all", "", str(total_b), str(total_a), fmt.pct(total_a / total_b if total_b else None), "")
+    )
+    out.append(
+        Table(
+            ("group", "layer", "before", "after", "kept", "frozen because"),
+            tuple(body),
+            align="rlrrrl",
+        )
+    )
+    return out
+
+
+def _export(r: dict[str, Any]) -> list[Block]:
+    exp = r.get("export") or {}
+    if not exp:
+        return []
+    rows = tuple(
+        (
+            side,
+            str(e.get("path", "-")),
+            fmt.text(e.get("opset")),
+            fmt.text(e.get("exporter")),
+            fmt.text(e.get("input_shape")),
+            fmt.sci(e.get("max_abs_diff")),
+            fmt.size(e.get("size_bytes")),
+            str(e.get("sha256") or "-")[:12],
+        )
+        for side, e in exp.items()
+    )
+    return [
+        Heading("Export checks"),
+        Para(
+            "Each ONNX file passed the ONNX checker and was compared with the PyTorch "
+            "model on the same input (max abs diff of the outputs)."
+        ),
+        Table(
+            ("model", "file", "opset", "exporter", "input", "max abs diff", "size", "sha256"),
+            rows,
+            align="llrlrrrl",
+        ),
+    ]
+
+
+def environment_pairs(env: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """Host facts plus the measurement settings that change latency figures."""
+    pairs = [(k.replace("_", " "), fmt.text(v)) for k, v in env.items()]
+    pairs += [(k.replace("_", " "), fmt.text(settings[k])) for k in _SETTING_KEYS if k in settings]
+    return pairs
+
+
+def build(r: dict[str, Any], figures: Container[str]) -> Document:
+    """The compress report's blocks; ``figures`` are the plot names that were drawn."""
+    prof = r["profile"]["name"]
+    model = (r["baseline"].get("model") or {}).get("name") or r["config"].get("model", {}).get(
+        "name", "model"
+    )
+    data = r.get("data") or {}
+    subtitle = (
+        f"created {r.get('created', '-')} · edgeprune {r.get('edgeprune_version', '-')}"
+        f" · data {data.get('name', '-')} ({data.get('train', '-')} train / "
+        f"{data.get('val', '-')} val / {data.get('test', '-')} test images)"
+    )
+    blocks: list[Block] = [
+        Para(_goal_text(r)),
+        Heading("Results"),
+        _results(r),
+        Heading("Speedup: measured vs MACs"),
+        _speedup(r),
+    ]
+    if "accuracy_vs_latency" in figures:
+        blocks.append(
+            Figure(
+                "accuracy_vs_latency",
+                "Validation accuracy vs latency of every "
+                "evaluated candidate (latency LUT-predicted unless measured), the "
+                "Pareto front, the budget, and the measured baseline and final "
+                "models (after fine-tuning).",
+            )
+        )
+    blocks += [
+        Heading("Latency per profile"),
+        latency_rows(
+            [
+                (p, side, r[side]["latency"][p])
+                for p in r["final"]["latency"]
+                for side in ("baseline", "final")
+                if p in r[side]["latency"]
+            ]
+        ),
+    ]
+    if "latency_distribution" in figures:
+        blocks.append(
+            Figure(
+                "latency_distribution",
+                "Cumulative distribution of every timed "
+                "iteration of the exported baseline and final ONNX models.",
+            )
+        )
+    blocks += _search(r, figures) + _channels(r, figures) + _export(r)
+    settings = r["final"]["latency"][prof].get("settings") or {}
+    blocks += [
+        Heading("Environment"),
+        kv_table(
+            [
+                *environment_pairs(r.get("environment") or {}, settings),
+                ("torch threads (search)", fmt.text(r["config"].get("threads"))),
+            ]
+        ),
+    ]
+    timing = r.get("timing_s") or {}
+    if timing:
+        blocks += [
+            Heading("Wall time"),
+            kv_table([(k.replace("_", " "), fmt.seconds(v)) for k, v in timing.items()]),
+        ]
+    blocks += [
+        Heading("Configuration"),
+        kv_table([(k, fmt.text(v)) for k, v in flatten(r["config"])]),
+    ]
+    return Document(f"edgeprune compress: {model} on {prof}", subtitle, tuple(blocks))

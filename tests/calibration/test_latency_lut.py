@@ -1,0 +1,169 @@
+"""The per-layer latency LUT: staircase rule, build + disk cache, prediction, calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeprune.calibration.latency_lut import LatencyLUT, grid_axis, layer_channels
+from edgeprune.calibration.lut_measure import (
+    discover_channel_multiple,
+    enumerate_layers,
+    infer_channel_multiple,
+)
+from edgeprune.errors import ModelError
+from edgeprune.models import create_model
+from edgeprune.models.testing import TinyConvNet
+from edgeprune.profiles import MeasurementSettings, load_profile
+from edgeprune.targets.oracle import LatencyOracle
+
+CHANNELS = np.arange(1, 65, dtype=float)
+CURVES = {
+    "period16": (lambda c: 3 + 10 * np.ceil(c / 16), 16),
+    "period8": (lambda c: 3 + 5 * np.ceil(c / 8), 8),
+    "period4": (lambda c: 3 + 2 * np.ceil(c / 4), 4),
+    "linear": (lambda c: 5 + 1.5 * c, 1),
+    "flat": (lambda c: 20 + 0 * c, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CURVES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_staircase_rule_on_synthetic_curves(name: str, seed: int) -> None:
+    curve, expected = CURVES[name]
+    noise = 1 + 0.015 * np.random.default_rng(seed).standard_normal(CHANNELS.size)
+    multiple, scores = infer_channel_multiple(CHANNELS.astype(int), curve(CHANNELS) * noise)
+    assert multiple == expected, scores
+
+
+def test_staircase_rule_when_off_multiple_counts_are_slower() -> None:
+    # ORT's shape: multiples of 4 on a ceil(C/16) staircase, other counts on a slower kernel.
+    c = CHANNELS.astype(int)
+    fast = 3 + 25 * np.ceil(CHANNELS / 16)
+    lat = np.where(c % 4 == 0, fast, 2.2 * CHANNELS + 5)
+    assert infer_channel_multiple(c, lat)[0] == 16
+
+
+def test_grid_axis_holds_multiples_and_base_widths() -> None:
+    assert grid_axis([3, 16], 16, 8) == (3, 4, 8, 16)
+    assert grid_axis([64, 10], 16, 8) == (4, 8, 10, 16, 32, 48, 64)
+    assert grid_axis([512], 16, 8) == (4, 8, *range(64, 513, 64))  # coarsened to 8 points
+    assert grid_axis([64], 16, 8, channel_step=8) == (8, 16, 32, 48, 64)
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return load_profile("cpu-ort-1t").model_copy(
+        update={
+            "measurement": MeasurementSettings(
+                warmup_iters=5, warmup_ms=20, min_iters=30, min_duration_ms=150, blocks=3
+            )
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_lut(profile, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("lut")
+    lut = LatencyLUT.build(TinyConvNet(width=32), profile, cache_dir=cache, channel_multiple=8)
+    return lut, cache
+
+
+def test_layers_found_with_input_sizes() -> None:
+    specs = {s.name: s for s in enumerate_layers(TinyConvNet(width=16), (1, 3, 32, 32))}
+    assert set(specs) == {"stem.0", "conv_a", "down.0", "fc"}
+    assert specs["down.0"].config.in_hw == (32, 32)
+    assert specs["down.0"].config.stride == (2, 2)
+    # stem (3->16) and conv_a (16->16) share a configuration; the strided conv does not.
+    assert specs["stem.0"].config == specs["conv_a"].config != specs["down.0"].config
+    assert specs["fc"].config.kind == "linear"
+
+
+def test_lut_predicts_narrower_models_faster_and_rounds_up(tiny_lut) -> None:
+    lut, _ = tiny_lut
+    assert lut.multiple == 8
+    base, narrow = TinyConvNet(width=32), TinyConvNet(width=8)
+    assert lut.predict_ms(narrow) < 0.6 * lut.predict_ms(base)
+    # The staircase: 13 (26) channels are predicted as 16 (32), the next multiples of 8.
+    assert lut.predict_ms(TinyConvNet(width=13)) == pytest.approx(
+        lut.predict_ms(TinyConvNet(width=16))
+    )
+    assert lut.predict_ms(layer_channels(base)) == lut.predict_ms(base)
+    assert sum(lut.predict_layers_us(base).values()) + lut.overhead_us == pytest.approx(
+        1000 * lut.predict_raw_ms(base)
+    )
+
+
+def test_lut_rejects_another_architecture(tiny_lut) -> None:
+    with pytest.raises(ModelError, match="another architecture"):
+        tiny_lut[0].predict_ms(create_model("resnet20"))
+
+
+def test_lut_tracks_measurement_and_calibrates(tiny_lut, profile, tmp_path: Path) -> None:
+    lut, _ = tiny_lut
+    oracle = LatencyOracle(profile, None, workdir=tmp_path)
+    widths = (8, 16, 24, 32)
+    measured = {w: oracle.measure(TinyConvNet(width=w)).median_ms for w in widths}
+    base = TinyConvNet(width=32)
+    # Uncalibrated: the per-layer sum lands within a loose factor of the whole model.
+    assert 1 / 3 < lut.predict_ms(base) / measured[32] < 3
+    # Fitted on the two ends, the middle widths are predicted within 2x (noisy machine).
+    cal = lut.calibrate([(TinyConvNet(width=8), measured[8]), (base, measured[32])])
+    assert cal.calibration_points == 2 and lut.scale == 1.0  # the original is unchanged
+    for w in (16, 24):
+        assert 0.5 < cal.predict_ms(TinyConvNet(width=w)) / measured[w] < 2
+    err = cal.prediction_error([(TinyConvNet(width=w), measured[w]) for w in widths])
+    assert err["n"] == 4 and err["mape"] < 50
+    # One point: offset only, exact at that point.
+    one = lut.calibrate([(base, measured[32])])
+    assert one.scale == 1.0 and one.predict_ms(base) == pytest.approx(measured[32])
+    # The search's form: measurements added one by one, in place, give the same fit.
+    live = dataclasses.replace(lut, calibration=[])
+    live.calibrate_one(TinyConvNet(width=8), measured[8])
+    assert live.predict_ms(TinyConvNet(width=8)) == pytest.approx(measured[8])
+    live.calibrate_one(base, measured[32])
+    assert (live.scale, live.offset_ms) == pytest.approx((cal.scale, cal.offset_ms))
+    assert lut.calibration_points == 0
+
+
+def test_lut_disk_cache_is_reused_and_round_trips(tiny_lut, profile, tmp_path: Path) -> None:
+    lut, cache = tiny_lut
+    again = LatencyLUT.build(TinyConvNet(width=32), profile, cache_dir=cache, channel_multiple=8)
+    assert again.points_measured == 0
+    assert again.predict_ms(TinyConvNet(width=16)) == lut.predict_ms(TinyConvNet(width=16))
+    # A wider base needs more grid points: only those are measured.
+    wider = LatencyLUT.build(TinyConvNet(width=40), profile, cache_dir=cache, channel_multiple=8)
+    assert 0 < wider.points_measured < lut.points_measured + 20
+    cal = lut.calibrate([(TinyConvNet(width=8), 0.05), (TinyConvNet(width=32), 0.2)])
+    cal.save(tmp_path / "lut.json")
+    loaded = LatencyLUT.load(tmp_path / "lut.json")
+    assert loaded.predict_ms(TinyConvNet(width=24)) == cal.predict_ms(TinyConvNet(width=24))
+    assert loaded.calibration == cal.calibration and loaded.channel_multiple == 8
+
+
+def test_discovery_measures_a_rising_curve(profile, tmp_path: Path) -> None:
+    multiple, curve = discover_channel_multiple(profile, c_max=32, passes=1)
+    assert curve.channels == tuple(range(1, 33))
+    assert multiple == curve.multiple and multiple in (1, 2, 4, 8, 16)
+    assert all(v > 0 for v in curve.latency_us)
+    # A 32-channel conv costs more than a 1-channel one on any runtime.
+    assert curve.latency_us[-1] > curve.latency_us[0]
+
+
+def test_predict_is_fast_on_resnet56(profile, tmp_path: Path) -> None:
+    model = create_model("resnet56")
+    lut = LatencyLUT.build(
+        model, profile, cache_dir=tmp_path, channel_multiple=32, max_points_per_axis=2, passes=1
+    )
+    assert len(lut.layers) == 1 + 27 * 2 + 2 + 1  # stem, 27 blocks, 2 shortcuts, fc
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        lut.predict_ms(model)
+        times.append(time.perf_counter() - t0)
+    assert statistics.median(times) < 0.005

@@ -1,0 +1,105 @@
+"""Bad input through the CLI: one line naming the problem, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from edgeprune.cli import main
+from edgeprune.models import create_model
+
+
+def _run_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("edgeprune: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _resnet20_onnx_args(tmp_path: Path) -> list[str]:
+    return ["export", "--model", "resnet20", "--out", str(tmp_path / "m.onnx")]
+
+
+def test_missing_weights(tmp_path, capsys):
+    msg = _run_error(capsys, [*_resnet20_onnx_args(tmp_path), "--weights", "nope.pt"])
+    assert "nope.pt" in msg
+
+
+def test_weights_of_another_architecture(tmp_path, capsys):
+    w = tmp_path / "vgg.pt"
+    torch.save(create_model("resnet56").state_dict(), w)
+    msg = _run_error(capsys, [*_resnet20_onnx_args(tmp_path), "--weights", str(w)])
+    assert "resnet20" in msg
+
+
+def test_unknown_model(tmp_path, capsys):
+    msg = _run_error(capsys, ["export", "--model", "resnet21", "--out", str(tmp_path / "m.onnx")])
+    assert "resnet20" in msg  # lists the known ones
+
+
+def test_factory_that_does_not_import(tmp_path, capsys):
+    msg = _run_error(
+        capsys, ["export", "--model", "no_such_pkg.mod:make", "--out", str(tmp_path / "m.onnx")]
+    )
+    assert "no_such_pkg" in msg
+
+
+def test_data_path_in_no_layout(tmp_path, capsys):
+    (tmp_path / "junk.txt").write_text("x")
+    msg = _run_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "w.pt")])
+    assert str(tmp_path) in msg
+
+
+def test_empty_class_folder(tmp_path, capsys):
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "train" / "a" / f"{i}.png")
+    msg = _run_error(capsys, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "w.pt")])
+    assert "b" in msg
+
+
+def test_profile_with_unknown_field(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\nruntime: onnxruntime\nbatchsize: 4\n")
+    msg = _run_error(capsys, [*_resnet20_onnx_args(tmp_path), "--profile", str(p)])
+    assert "batchsize" in msg
+
+
+def test_profile_with_bad_value(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\nbatch: 0\n")
+    msg = _run_error(capsys, [*_resnet20_onnx_args(tmp_path), "--profile", str(p)])
+    assert "batch" in msg
+
+
+def test_onnx_file_that_is_not_onnx(tmp_path, capsys):
+    f = tmp_path / "fake.onnx"
+    f.write_bytes(b"not a model")
+    msg = _run_error(capsys, ["benchmark", str(f), "--out", str(tmp_path / "b")])
+    assert "fake.onnx" in msg
+
+
+def test_profile_input_shape_the_model_rejects(tmp_path, capsys):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: wide\ninput_shape: [1, 32, 32]\n")
+    msg = _run_error(capsys, [*_resnet20_onnx_args(tmp_path), "--profile", str(p)])
+    assert "input shape" in msg.lower() or "input_shape" in msg
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="resnet21"):
+        main(["--debug", "export", "--model", "resnet21", "--out", str(tmp_path / "m.onnx")])
+
+
+def test_profiles_list_and_show(capsys):
+    assert main(["profiles"]) == 0
+    assert "cpu-ort-1t" in capsys.readouterr().out
+    assert main(["profiles", "show", "cpu-ort-2t"]) == 0
+    assert "intra_op_threads: 2" in capsys.readouterr().out
