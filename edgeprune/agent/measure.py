@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -302,8 +302,10 @@ class Measurer:
             self._sessions.move_to_end(key)
         # A fresh session is cold whatever the client believes: warm it up.
         warmup = req.warmup or not hit
+        # Both local targets take warmup/seed keywords beyond the Target protocol.
+        measure: Callable[..., LatencyStats] = target.measure
         try:
-            stats = target.measure(prepared, None, req.settings, warmup=warmup, seed=req.seed)  # type: ignore[call-arg]
+            stats = measure(prepared, None, req.settings, warmup=warmup, seed=req.seed)
         except EdgepruneError as exc:
             self._drop(key, prepared, hit)
             raise AgentRequestError(422, "measure_failed", str(exc)) from exc

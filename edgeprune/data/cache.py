@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tarfile
 import tempfile
@@ -65,7 +66,7 @@ def load_cached(path: Path) -> RawData | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         return RawData.from_cache(obj)
-    except (RuntimeError, OSError, KeyError, TypeError, EOFError):
+    except (RuntimeError, OSError, KeyError, TypeError, EOFError, pickle.UnpicklingError):
         # A damaged cache entry is not the user's problem: decode again and overwrite it.
         return None
 

@@ -21,8 +21,10 @@ from edgeprune.errors import DataError
 CIFAR10_FILES = ("data_batch_1", "batches.meta")
 CIFAR100_FILES = ("train", "test", "meta")
 
-# The only globals a genuine CIFAR pickle references (numpy 1.x and 2.x spellings).
+# The only globals a genuine CIFAR pickle references (numpy 1.x and 2.x spellings; protocol-2
+# pickles written by Python 3 spell bytes as _codecs.encode). Nothing here runs user code.
 _PICKLE_ALLOWED = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.numeric", "_frombuffer"),

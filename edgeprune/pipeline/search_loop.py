@@ -294,7 +294,7 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
     ctx.run.save_checkpoint(st, new.state_dict())
     ctx.console.print(
         f"step {step}: {n} candidates, kept {kept.tag} | proxy acc {st['accuracy']:.3f} | "
-        f"latency {measured['latency_ms']:.3f} ms (LUT {latency:.3f}) vs budget "
+        f"latency {measured['latency_ms']:.3f} ms (predicted {latency:.3f}) vs budget "
         f"{_fmt(st['budget_ms'])} | MACs {macs / 1e6:.1f}M"
     )
     return new

@@ -90,16 +90,19 @@ class AgentPool:
                 usable = [c for c in self.clients if c.url not in tried and self._usable(c.url)]
                 if not usable:
                     return None
-                free = [c for c in usable if c.url not in self._busy]
+                free = {c.url for c in usable if c.url not in self._busy}
                 if free:
-                    pick = next(
-                        (c for c in free if c.url == getattr(self._local, "url", None)), None
-                    )
-                    if pick is None:
-                        n = len(self.clients)
-                        order = [self.clients[(self._next + k) % n] for k in range(n)]
-                        pick = next(c for c in order if c in free)
-                        self._next = (self.clients.index(pick) + 1) % n
+                    n = len(self.clients)
+                    last = getattr(self._local, "url", None)
+                    # This thread's previous agent first, then round robin from the cursor.
+                    order = [(k - 1) % n for k in range(n + 1)] if last in free else []
+                    order = [i for i in range(n) if self.clients[i].url == last] + [
+                        (self._next + k) % n for k in range(n)
+                    ]
+                    idx = next(i for i in order if self.clients[i].url in free)
+                    if self.clients[idx].url != last:
+                        self._next = (idx + 1) % n
+                    pick = self.clients[idx]
                     self._busy.add(pick.url)
                     return pick
                 self._cond.wait(timeout=1.0)  # also re-checks revived agents
@@ -130,17 +133,23 @@ class AgentPool:
 
         Raises:
             AgentUnreachableError: Every agent of the pool failed (the message lists why).
+            AgentBusyError: Every agent's queue stayed full (other clients share them).
             AgentAuthError, ModelRejectedError, ProfileError, AgentError: from the agent
                 that measured (not worth retrying elsewhere).
         """
         tried: set[str] = set()
         failures: dict[str, str] = {}
+        busy: set[str] = set()
         while True:
             client = self._acquire(tried)
             if client is None:
                 reasons = {**self.down(), **failures}
                 listed = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "none usable"
-                raise AgentUnreachableError(
+                # Busy everywhere is worth waiting for; anything else needs a person.
+                cls = (
+                    AgentBusyError if busy and len(busy) == len(reasons) else AgentUnreachableError
+                )
+                raise cls(
                     ",".join(c.url for c in self.clients),
                     f"no agent of the pool could measure ({listed})",
                 )
@@ -157,6 +166,7 @@ class AgentPool:
                 continue
             except AgentBusyError as exc:
                 failures[client.url] = str(exc)
+                busy.add(client.url)
                 continue
             finally:
                 self._release(client)

@@ -19,9 +19,9 @@ def _check_splits(d: DataSplits, size: int) -> None:
         assert x.dtype == torch.uint8 and y.dtype == torch.int64
         assert x.shape[1:] == (3, size, size) and x.shape[0] == y.shape[0]
         if y.numel():
-            assert 0 <= int(y.min()) and int(y.max()) < d.num_classes
+            assert int(y.min()) >= 0 and int(y.max()) < d.num_classes
     assert d.input_shape == (3, size, size)
-    assert all(0 < s for s in d.std) and all(0 <= m <= 1 for m in d.mean)
+    assert all(s > 0 for s in d.std) and all(0 <= m <= 1 for m in d.mean)
 
 
 def test_digits_is_the_default() -> None:

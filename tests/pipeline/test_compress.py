@@ -1,0 +1,135 @@
+"""End-to-end compress runs on a tiny model: determinism, resume, and the goal's bad inputs.
+
+These use the FLOPs-reward searcher with a MACs goal so that every decision is a pure
+function of the seed (measured latency, which is noisy here, only gets logged).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeprune.config import RunConfig
+from edgeprune.errors import SearchError
+from edgeprune.pipeline.compress import compress
+
+FAST_PROFILE = """\
+name: fast-cpu
+runtime: onnxruntime
+input_shape: [3, 32, 32]
+measurement: {warmup_iters: 2, warmup_ms: 0, min_iters: 10, min_duration_ms: 5, blocks: 2}
+onnxruntime: {intra_op_threads: 1}
+"""
+
+
+def _config(tmp_path: Path, **goal: float) -> RunConfig:
+    profile = tmp_path / "fast.yaml"
+    profile.write_text(FAST_PROFILE)
+    return RunConfig.validate_dict(
+        {
+            "profile": str(profile),
+            "threads": 2,
+            "model": {"name": "edgeprune.models.testing:TinyConvNet", "baseline_epochs": 1},
+            "data": {"source": "digits", "limit": 400},
+            "goal": goal or {"flops_ratio": 0.6, "max_steps": 4},
+            "search": {
+                "searcher": "rl-flops",
+                "use_lut": False,
+                "samples": 2,
+                "rl_epochs": 2,
+                "step_fraction": 0.15,
+                "val_subset": 100,
+                "bn_batches": 1,
+            },
+            "finetune": {"step_epochs": 0, "final_epochs": 0},
+        }
+    )
+
+
+def _plan(run: Path) -> dict:
+    return json.loads((run / "checkpoint" / "state.json").read_text())["removed_base"]
+
+
+def test_same_seed_same_plan_and_outputs(tmp_path):
+    cfg = _config(tmp_path)
+    r1 = compress(cfg, tmp_path / "a")
+    r2 = compress(cfg, tmp_path / "b")
+    assert _plan(tmp_path / "a") == _plan(tmp_path / "b")
+    assert r1["final"]["macs"] == r2["final"]["macs"]
+    assert r1["final"]["macs"] <= 0.6 * r1["baseline"]["macs"]
+    assert r1["goal"]["stop_reason"] == "goal met"
+    for name in ("config.yaml", "search.jsonl", "model.onnx", "report.json", "model_pruned"):
+        assert (tmp_path / "a" / name).exists(), name
+    rows = [json.loads(x) for x in (tmp_path / "a" / "search.jsonl").read_text().splitlines()]
+    assert rows and {"step", "tag", "accuracy", "latency_ms", "reward"} <= set(rows[0])
+    assert r1["export"]["final"]["max_abs_diff"] < 1e-3
+
+
+def test_existing_run_dir_is_refused(tmp_path):
+    cfg = _config(tmp_path)
+    compress(cfg, tmp_path / "a")
+    with pytest.raises(SearchError, match="--resume"):
+        compress(cfg, tmp_path / "a")
+
+
+def test_budget_above_baseline_says_nothing_to_prune(tmp_path):
+    with pytest.raises(SearchError, match="nothing to prune"):
+        compress(_config(tmp_path, budget_ms=1e6), tmp_path / "run")
+
+
+def test_unreachable_goal_stops_with_best_found(tmp_path):
+    report = compress(_config(tmp_path, flops_ratio=0.001, max_steps=3), tmp_path / "run")
+    assert report["goal"]["stop_reason"] != "goal met"
+    assert report["final"]["macs"] < report["baseline"]["macs"]
+
+
+def test_no_validation_data(tmp_path):
+    import numpy as np
+
+    npz = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(0)
+    # One image per class: no validation split can be carved out of it.
+    np.savez(npz, x=rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8), y=np.array([0, 1]))
+    cfg = _config(tmp_path)
+    cfg = RunConfig.validate_dict({**cfg.model_dump(), "data": {"source": str(npz)}})
+    with pytest.raises(Exception, match="validation"):
+        compress(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_without_redoing_a_step(tmp_path):
+    cfg = _config(tmp_path, flops_ratio=0.35, max_steps=8)
+    reference = compress(cfg, tmp_path / "ref")
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgeprune.cli", "compress", "--config", str(cfg_file),
+           "--out", str(run)]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text()).get("step", 0) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    resumed = compress(RunConfig(), run, resume=True)
+    assert _plan(run) == _plan(tmp_path / "ref")
+    assert resumed["final"]["macs"] == reference["final"]["macs"]
+    steps = [s["step"] for s in resumed["search"]["steps"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > killed_at
+    # search.jsonl has each step's candidates once: the unfinished step's rows were dropped.
+    rows = [json.loads(x) for x in (run / "search.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(x) for x in (tmp_path / "ref" / "search.jsonl").read_text().splitlines()]
+    assert [r["tag"] for r in rows] == [r["tag"] for r in ref_rows]
