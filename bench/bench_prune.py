@@ -11,8 +11,9 @@ Usage: ``python bench/bench_prune.py [--repeats 7] [--threads 2]``
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import copy
+import importlib.metadata
+import os
 import platform
 import statistics
 import time
@@ -42,6 +43,7 @@ def _median_ms(fn, repeats: int) -> tuple[float, list[float]]:
 def run(repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     model = create_model("resnet56").eval()
     x = torch.randn(1, 3, 32, 32)
     build_groups(model, x)  # warm-up (imports, allocator)
@@ -96,6 +98,7 @@ def run(repeats: int, threads: int) -> dict:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": threads,
         "repeats": repeats,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "groups": len(groups),
         "prunable_groups": len(groups.prunable),
         "frozen": [{"id": g.id, "name": g.name, "reason": g.frozen_reason} for g in groups.frozen],
@@ -115,7 +118,9 @@ def render_md(r: dict) -> str:
         f"# Pruning engine benchmark: {r['model']} (input {r['input_shape']})",
         "",
         f"torch {r['torch']}, torch-pruning {r['torch_pruning']}, {r['machine']}, "
-        f"{r['threads']} threads, median of {r['repeats']} repeats.",
+        f"{r['threads']} threads, median of {r['repeats']} repeats; 1-min load average "
+        f"{r['load_average_1min'][0]} before, {r['load_average_1min'][1]} after (other processes "
+        "share the cores).",
         "",
         f"- groups: {r['groups']} ({r['prunable_groups']} prunable; frozen: "
         + ", ".join(f"{f['name']} ({f['reason']})" for f in r["frozen"])

@@ -127,19 +127,18 @@ def run_benchmark(args: argparse.Namespace) -> int:
         raise EdgepruneError(f"--blocks must be at least 1, got {args.blocks}")
     result = benchmark(args.onnx, profiles, out_dir=args.out, blocks=args.blocks)
     out.print(render_table(result))
-    try:
-        from edgeprune.report import render_benchmark
-    except ImportError:
-        return 0
+    from edgeprune.report import render_benchmark
+
     paths = render_benchmark(args.out)
     out.print("report: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from edgeprune.report import render_any
+    from edgeprune.report import load_report, render_any, summary_table
 
     paths = render_any(args.run_dir)
+    out.print(summary_table(load_report(args.run_dir)))
     out.print("\n".join(str(p) for p in paths.values()))
     return 0
 
@@ -147,7 +146,21 @@ def run_report(args: argparse.Namespace) -> int:
 def run_agent(args: argparse.Namespace) -> int:
     from edgeprune.agent.server import serve
 
-    serve(args.host, args.port, args.token_file)
+    def ready(host: str, port: int) -> None:
+        out.print(f"edgeprune agent listening on http://{host}:{port}")
+
+    try:
+        serve(
+            args.host,
+            args.port,
+            args.token_file,
+            max_upload_mb=args.max_upload_mb,
+            queue_size=args.queue_size,
+            session_cache=args.session_cache,
+            ready_callback=ready,
+        )
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful stop
+        pass
     return 0
 
 

@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgepruneError as exc:
         print(f"edgeprune agent: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful stop
+        return 0
     return 0
 
 

@@ -219,8 +219,14 @@ def _content_length(request: Any) -> int:
         raise AgentRequestError(400, "bad_request", f"bad Content-Length {raw!r}") from exc
 
 
-def create_app(state: AgentState, token: str) -> Any:
-    """The ASGI application: routes + bearer-token middleware around them."""
+def create_app(state: AgentState, token: str, on_shutdown: Callable[[], None] | None = None) -> Any:
+    """The ASGI application: routes + bearer-token middleware around them.
+
+    ``on_shutdown`` runs in the server's lifespan shutdown: uvicorn re-raises SIGTERM/SIGINT
+    after a graceful stop, so code after ``serve()`` (a ``finally``) may never run.
+    """
+    from contextlib import asynccontextmanager
+
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect
     from starlette.routing import Route
@@ -228,7 +234,9 @@ def create_app(state: AgentState, token: str) -> Any:
     async def health(request: Any) -> Any:
         from edgeprune.profiles import list_profiles
 
+        # Off the event loop: nvpmodel and TensorRT's import can take seconds on a Jetson.
         targets = await asyncio.to_thread(state.targets)
+        device = await asyncio.to_thread(_device)
         return _JSON.response(
             {
                 "status": "ok",
@@ -236,7 +244,7 @@ def create_app(state: AgentState, token: str) -> Any:
                 "edgeprune": __version__,
                 "versions": _versions(),
                 "targets": targets,
-                "device": _device(),
+                "device": device,
                 "profiles": [p.name for p in list_profiles()],
                 "limits": {
                     "max_upload_bytes": state.max_upload_bytes,
@@ -281,11 +289,18 @@ def create_app(state: AgentState, token: str) -> Any:
             return _JSON.error(AgentRequestError(400, "bad_request", "client disconnected"))
         return _JSON.response(outcome.to_dict())
 
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
     app = Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/measure", measure, methods=["POST"]),
-        ]
+        ],
     )
     return _BearerAuth(app, token)
 
@@ -352,8 +367,13 @@ def serve(
     workdir = Path(tempfile.mkdtemp(prefix="edgeprune-agent-"))
     measurer = Measurer(workdir, session_cache)
     state = AgentState(measurer, int(max_upload_mb * _MB), queue_size, started_unix=time.time())
+
+    def cleanup() -> None:
+        measurer.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
     config = uvicorn.Config(
-        create_app(state, token),
+        create_app(state, token, cleanup),
         log_config=None,  # keep the host application's logging as it is
         access_log=False,
         server_header=False,
@@ -377,5 +397,4 @@ def serve(
         asyncio.run(run())
     finally:
         sock.close()
-        measurer.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        cleanup()

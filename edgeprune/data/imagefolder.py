@@ -131,12 +131,12 @@ def scan_imagefolder(path: Path) -> FolderScan:
 def decode_image(path: str, image_size: int) -> np.ndarray | None:
     """One file as uint8 ``(S, S, 3)`` RGB, or ``None`` when Pillow cannot read it."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (image_size, image_size):
-                # Pillow's reducing resize is antialiased; bilinear matches torch's path.
-                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+        with Image.open(path) as opened:
+            rgb = opened.convert("RGB")
+        if rgb.size != (image_size, image_size):
+            # Pillow's reducing resize is antialiased; bilinear matches torch's path.
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
 

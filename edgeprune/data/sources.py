@@ -7,6 +7,7 @@ caching and statistics happen in :mod:`edgeprune.data`. ImageFolder directories 
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,19 +87,36 @@ def resize_uint8(x: torch.Tensor, image_size: int) -> torch.Tensor:
     return out
 
 
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``(images (1797, 8, 8), labels)`` from scikit-learn's bundled ``digits.csv.gz``.
+
+    Reading the file directly skips importing ``sklearn.datasets`` (~2 s); if the file ever
+    moves, ``load_digits`` still works.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("scikit-learn is not installed — pip install scikit-learn for 'digits'")
+    csv = Path(next(iter(spec.submodule_search_locations))) / "datasets/data/digits.csv.gz"
+    if csv.is_file():
+        table = np.loadtxt(csv, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.asarray(bunch.images), np.asarray(bunch.target)
+
+
 def load_digits_source(image_size: int, test_fraction: float = 0.2, seed: int = 0) -> RawData:
     """scikit-learn's bundled 8x8 handwritten digits, upsampled and replicated to RGB.
 
     The bundled set has no test split, so a stratified ``test_fraction`` is held out with a
     fixed seed (independent of the validation seed, so the test set never moves).
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.asarray(bunch.images, dtype=np.float32) * (255.0 / 16.0)  # 0..16 -> 0..255
+    images, target = _digits_arrays()
+    images = images.astype(np.float32) * (255.0 / 16.0)  # 0..16 -> 0..255
     x = torch.from_numpy(images).round().to(torch.uint8)[:, None].expand(-1, 3, -1, -1)
     x = resize_uint8(x.contiguous(), image_size)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    y = torch.as_tensor(target, dtype=torch.int64)
     gen = torch.Generator().manual_seed(seed)
     test_parts = []
     for c in range(10):

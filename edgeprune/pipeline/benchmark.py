@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,9 @@ from rich.table import Table
 
 from edgeprune._io import atomic_write_json, sha256_file
 from edgeprune.errors import TargetUnavailableError
-from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
+from edgeprune.profiles.schema import DeviceProfile
 from edgeprune.targets.base import LatencyStats, Prepared, Target, target_for
-from edgeprune.targets.timing import host_info, random_input
+from edgeprune.targets.timing import block_settings, host_info, random_input, warmup_settings
 
 RESULT_VERSION = 1
 BENCHMARK_FILE = "benchmark.json"
@@ -91,28 +90,11 @@ class BenchmarkResult:
         """The ``benchmark.json`` document."""
         return {
             "version": RESULT_VERSION,
+            "kind": "benchmark",
             "created": self.created,
             "host": dict(self.host),
             "entries": [e.to_dict() for e in self.entries],
         }
-
-
-def block_settings(settings: MeasurementSettings, blocks: int) -> MeasurementSettings:
-    """One block's share of a profile's measurement: 1/blocks of the minimums, no warm-up."""
-    return settings.model_copy(
-        update={
-            "warmup_iters": 0,
-            "warmup_ms": 0.0,
-            "min_iters": max(1, math.ceil(settings.min_iters / blocks)),
-            "min_duration_ms": settings.min_duration_ms / blocks,
-            "max_iters": max(1, math.ceil(settings.max_iters / blocks)),
-        }
-    )
-
-
-def _warmup_settings(settings: MeasurementSettings) -> MeasurementSettings:
-    # The profile's warm-up followed by a single timed iteration, which is discarded.
-    return settings.model_copy(update={"min_iters": 1, "min_duration_ms": 0.0, "max_iters": 1})
 
 
 def _model_names(paths: Sequence[Path]) -> list[str]:
@@ -155,7 +137,7 @@ def _measure_profile(
             prepared.append(target.prepare(path, profile))
         x = random_input(profile.full_input_shape, seed=0)  # same input for every model
         for p in prepared:
-            target.measure(p, x, _warmup_settings(profile.measurement))
+            target.measure(p, x, warmup_settings(profile.measurement))
             tick()
         per_block = block_settings(profile.measurement, blocks)
         stats: list[LatencyStats | None] = [None] * len(paths)

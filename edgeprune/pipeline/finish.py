@@ -174,11 +174,9 @@ def _export_dict(info: Any) -> dict[str, Any]:
 
 
 def _render(ctx: _Run) -> None:
-    """report.md / report.html, when the report package provides renderers."""
-    try:
-        from edgeprune.report import render_run
-    except ImportError:
-        return
+    """report.md / report.html / plots, rendered from report.json."""
+    from edgeprune.report import render_run
+
     render_run(ctx.run.root)
 
 

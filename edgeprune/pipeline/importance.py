@@ -254,9 +254,7 @@ class ClusterImportance:
         with warnings.catch_warnings():
             # Duplicate filters give fewer distinct points than k: KMeans warns, result is fine.
             warnings.simplefilter("ignore")
-            km = KMeans(n_clusters=k, n_init=self.n_init, random_state=self.seed).fit(
-                feats.numpy()
-            )
+            km = KMeans(n_clusters=k, n_init=self.n_init, random_state=self.seed).fit(feats.numpy())
         labels = torch.as_tensor(km.labels_)
         dist = (feats - torch.as_tensor(km.cluster_centers_)[labels]).norm(dim=1)
         rank = torch.zeros(group.width, dtype=torch.float64)

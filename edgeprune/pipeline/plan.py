@@ -7,6 +7,7 @@ on whole multiples (ORT on AVX-512: 47 channels cost 1.7x what 48 do).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from edgeprune.errors import PruningError
 if TYPE_CHECKING:
     from edgeprune.pipeline.groups import GroupInfo, GroupSet
 
-__all__ = ["PruningPlan", "allowed_keep", "plan_from_ratios", "round_keep"]
+__all__ = ["PruningPlan", "allowed_keep", "channel_grid", "plan_from_ratios", "round_keep"]
 
 PLAN_FORMAT = 1
 
@@ -124,13 +125,13 @@ class PruningPlan:
                     f"group {gid} ({info.name}) is frozen ({info.frozen_reason}) but the plan "
                     f"keeps {keep} of {info.width} channels — leave frozen groups out of plans"
                 )
-            if keep not in allowed_keep(info, self.channel_multiple):
-                m = _effective_multiple(info, self.channel_multiple)
+            allowed = allowed_keep(info, self.channel_multiple)
+            if keep not in allowed:
                 raise PruningError(
-                    f"plan keeps {keep} channels of group {gid} ({info.name}), not a multiple "
-                    f"of {m} (channel multiple {self.channel_multiple}, channel step "
-                    f"{info.channel_step}) nor the full width {info.width} — round with "
-                    "plan_from_ratios()"
+                    f"plan keeps {keep} channels of group {gid} ({info.name}), not on the "
+                    f"channel grid {list(allowed)[:8]}... (channel multiple "
+                    f"{self.channel_multiple}, channel step {info.channel_step}) — round "
+                    "with plan_from_ratios()"
                 )
 
 
@@ -142,26 +143,40 @@ def _effective_multiple(info: GroupInfo, multiple: int) -> int:
     return math.lcm(multiple, info.channel_step)
 
 
-def allowed_keep(info: GroupInfo, multiple: int) -> range | tuple[int, ...]:
-    """Channel counts a plan may keep for ``info``: multiples up to the width, or the width."""
-    m = _effective_multiple(info, multiple)
-    if info.frozen or info.width <= m:
+@functools.lru_cache(maxsize=4096)
+def channel_grid(width: int, multiple: int, channel_step: int = 1) -> tuple[int, ...]:
+    """Widths a group of ``width`` channels may keep on a device with ``multiple``.
+
+    Every multiple of ``multiple`` up to the width, the width itself, and below one
+    multiple every quarter multiple: there the runtime's cost is linear in channels, not a
+    staircase (ORT on AVX-512, 3x3 conv: 4/8/12/16 channels cost 4.9/7.3/9.5/11.5 us, while
+    17 costs 18.5 and 32 costs 27.3), and on resnet20 keeping 8 of 16 stem channels was the
+    difference between 1.75x and 2.5x measured speed-up. Counts respect ``channel_step``
+    (grouped convolutions).
+    """
+    m = math.lcm(max(1, multiple), channel_step)
+    fine = math.lcm(max(1, multiple // 4), channel_step)
+    if width <= fine:
+        return (width,)
+    counts = set(range(fine, min(m, width), fine)) | set(range(m, width + 1, m)) | {width}
+    return tuple(sorted(counts))
+
+
+def allowed_keep(info: GroupInfo, multiple: int) -> tuple[int, ...]:
+    """Channel counts a plan may keep for ``info`` (see :func:`channel_grid`)."""
+    if info.frozen:
         return (info.width,)
-    counts = list(range(m, info.width + 1, m))
-    if counts[-1] != info.width:
-        counts.append(info.width)
-    return tuple(counts)
+    return channel_grid(info.width, multiple, info.channel_step)
 
 
 def round_keep(width: int, ratio: float, multiple: int) -> int:
-    """Channels kept for a keep ratio: nearest multiple, at least one multiple, at most width.
+    """Channels kept for a keep ratio: the nearest width on :func:`channel_grid`."""
+    return _nearest(channel_grid(width, multiple), ratio * width)
 
-    A group narrower than ``multiple`` keeps its full width.
-    """
-    if width <= multiple:
-        return width
-    keep = math.floor(ratio * width / multiple + 0.5) * multiple
-    return min(max(keep, multiple), width)
+
+def _nearest(counts: tuple[int, ...], target: float) -> int:
+    """The count nearest ``target``; a tie goes to the larger count."""
+    return min(counts, key=lambda k: (abs(k - target), -k))
 
 
 def plan_from_ratios(
@@ -193,8 +208,7 @@ def plan_from_ratios(
                     f"keep {ratio:.2f} of its channels — leave frozen groups out"
                 )
             continue
-        m = _effective_multiple(info, multiple)
-        kept = round_keep(info.width, float(ratio), m)
+        kept = _nearest(allowed_keep(info, multiple), float(ratio) * info.width)
         if kept != info.width:
             keep[gid] = kept
     return PruningPlan(keep=keep, channel_multiple=multiple)

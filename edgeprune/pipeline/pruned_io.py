@@ -90,13 +90,13 @@ def read_pruned_spec(directory: str | Path) -> dict[str, Any]:
     """
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
-        raise PruningError(
-            f"{path} does not exist — point at a directory written by save_pruned"
-        )
+        raise PruningError(f"{path} does not exist — point at a directory written by save_pruned")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PruningError(f"{path} is not valid JSON ({exc}) — the save is corrupt; re-save") from exc
+        raise PruningError(
+            f"{path} is not valid JSON ({exc}) — the save is corrupt; re-save"
+        ) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise PruningError(

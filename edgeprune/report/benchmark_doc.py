@@ -7,7 +7,7 @@ from typing import Any
 
 from edgeprune.report import fmt
 from edgeprune.report.blocks import Block, Document, Figure, Heading, Para, Table, kv_table
-from edgeprune.report.compress_doc import environment_pairs, latency_rows
+from edgeprune.report.sections import environment_pairs, latency_rows, noise_note
 
 
 def _ordered(values: list[str]) -> list[str]:
@@ -95,6 +95,7 @@ def build(r: dict[str, Any], figures: Container[str]) -> Document:
     models = _ordered([e["model"] for e in r["entries"]])
     profiles = _ordered([e["profile"] for e in r["entries"]])
     host = r.get("host") or {}
+    series = [(e["profile"], e["model"], e["latency"]) for e in r["entries"]]
     subtitle = f"created {r.get('created', '-')} · host {host.get('cpu_model', '-')}"
     blocks: list[Block] = [
         Para(
@@ -122,7 +123,8 @@ def build(r: dict[str, Any], figures: Container[str]) -> Document:
         )
     blocks += [
         Heading("Latency statistics"),
-        latency_rows([(e["profile"], e["model"], e["latency"]) for e in r["entries"]]),
+        latency_rows(series),
+        *noise_note(series, host),
         Heading("Models"),
         _models(r),
         Heading("Profiles"),

@@ -7,27 +7,13 @@ from typing import Any
 
 from edgeprune.report import fmt
 from edgeprune.report.blocks import Block, Document, Figure, Heading, Para, Table, flatten, kv_table
+from edgeprune.report.sections import environment_pairs, latency_rows, noise_note
 
 _LAT_ROWS = (
     ("p50 latency (ms)", "p50_ms"),
     ("p90 latency (ms)", "p90_ms"),
     ("p99 latency (ms)", "p99_ms"),
     ("mean latency (ms)", "mean_ms"),
-)
-_SETTING_KEYS = (
-    "runtime",
-    "onnxruntime_version",
-    "tensorrt_version",
-    "execution_provider",
-    "intra_op_threads",
-    "inter_op_threads",
-    "allow_spinning",
-    "graph_optimization",
-    "precision",
-    "batch",
-    "input_shape",
-    "cuda_graph",
-    "data_transfers",
 )
 
 
@@ -43,10 +29,18 @@ def _goal_text(r: dict[str, Any]) -> str:
     budget = goal.get("budget_ms")
     if budget is not None:
         met = "met" if goal.get("budget_met") else "NOT met"
-        head = (
-            f"Latency budget {fmt.ms(budget)} ms on {prof}: {met} "
-            f"(final p50 {fmt.ms(final_p50)} ms)."
-        )
+        judged = r.get("final_latency_ms")
+        if judged is None:
+            head = (
+                f"Latency budget {fmt.ms(budget)} ms on {prof}: {met} "
+                f"(final p50 {fmt.ms(final_p50)} ms)."
+            )
+        else:  # judged on a drift-corrected figure; say which, and show the raw p50 too
+            head = (
+                f"Latency budget {fmt.ms(budget)} ms on {prof}: {met}, final latency "
+                f"{fmt.ms(judged)} ms ({goal.get('latency_basis') or 'as measured'}; p50 "
+                f"measured at the end {fmt.ms(final_p50)} ms)."
+            )
     else:
         which = [f"{k} {goal[k]}" for k in ("sparsity", "flops_ratio") if goal.get(k)]
         head = f"Goal: {', '.join(which) or 'see configuration'}; final p50 {fmt.ms(final_p50)} ms."
@@ -118,41 +112,6 @@ def _speedup(r: dict[str, Any]) -> Table:
         ),
     )
     return Table(("speedup", "value", "how it is computed"), rows, align="lrl")
-
-
-def latency_rows(series: list[tuple[str, str, dict[str, Any]]]) -> Table:
-    """One row per (profile, model, LatencyStats dict)."""
-    rows = tuple(
-        (
-            prof,
-            model,
-            str(s.get("count", fmt.MISSING)),
-            fmt.ms(s.get("min_ms")),
-            fmt.ms(s["p50_ms"]),
-            fmt.ms(s["p90_ms"]),
-            fmt.ms(s.get("p95_ms")),
-            fmt.ms(s.get("p99_ms")),
-            fmt.ms(s.get("mean_ms")),
-            fmt.pct(s.get("cov")),
-        )
-        for prof, model, s in series
-    )
-    return Table(
-        (
-            "profile",
-            "model",
-            "iterations",
-            "min ms",
-            "p50 ms",
-            "p90 ms",
-            "p95 ms",
-            "p99 ms",
-            "mean ms",
-            "CoV",
-        ),
-        rows,
-        align="ll",
-    )
 
 
 def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
@@ -295,13 +254,6 @@ def _export(r: dict[str, Any]) -> list[Block]:
     ]
 
 
-def environment_pairs(env: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
-    """Host facts plus the measurement settings that change latency figures."""
-    pairs = [(k.replace("_", " "), fmt.text(v)) for k, v in env.items()]
-    pairs += [(k.replace("_", " "), fmt.text(settings[k])) for k in _SETTING_KEYS if k in settings]
-    return pairs
-
-
 def build(r: dict[str, Any], figures: Container[str]) -> Document:
     """The compress report's blocks; ``figures`` are the plot names that were drawn."""
     prof = r["profile"]["name"]
@@ -331,17 +283,14 @@ def build(r: dict[str, Any], figures: Container[str]) -> Document:
                 "models (after fine-tuning).",
             )
         )
-    blocks += [
-        Heading("Latency per profile"),
-        latency_rows(
-            [
-                (p, side, r[side]["latency"][p])
-                for p in r["final"]["latency"]
-                for side in ("baseline", "final")
-                if p in r[side]["latency"]
-            ]
-        ),
+    series = [
+        (p, side, r[side]["latency"][p])
+        for p in r["final"]["latency"]
+        for side in ("baseline", "final")
+        if p in r[side]["latency"]
     ]
+    blocks += [Heading("Latency per profile"), latency_rows(series)]
+    blocks += noise_note(series, r.get("environment") or {})
     if "latency_distribution" in figures:
         blocks.append(
             Figure(

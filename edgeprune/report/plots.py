@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 DPI = 100
-BUDGET_STYLE = {"color": "crimson", "linestyle": "--", "linewidth": 1.2}
+BUDGET_STYLE: dict[str, Any] = {"color": "crimson", "linestyle": "--", "linewidth": 1.2}
 # Cut latency axes at this quantile of all times: one 6 ms hiccup among 2,000 runs of
 # 0.4 ms would otherwise squash every curve against the left edge.
 TAIL_QUANTILE = 0.995
+LOG_SPREAD = 10.0  # switch a latency axis to log scale above this max/min ratio
 
 
 def _png(fig: Figure) -> bytes:
@@ -216,9 +217,16 @@ def _cdf_panel(ax: Any, series: list[tuple[str, dict[str, Any]]], title: str) ->
     beyond = sum(t > hi for t in everything)
     for label, s in series:
         _cdf(ax, s["times_ms"], f"{label}: p50 {s['p50_ms']:.3f}, p90 {s['p90_ms']:.3f} ms")
-    ax.set_xlim(lo - 0.02 * (hi - lo), hi)
-    ax.set_ylim(0, 1.01)
     note = f" ({beyond} slowest beyond axis)" if beyond else ""
+    if lo > 0 and hi / lo > LOG_SPREAD:
+        # A busy host adds millisecond stalls to sub-millisecond runs; on a linear axis the
+        # bulk of the distribution would collapse into one pixel column.
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.05, hi)
+        note += ", log scale"
+    else:
+        ax.set_xlim(lo - 0.02 * (hi - lo), hi)
+    ax.set_ylim(0, 1.01)
     ax.set_xlabel(f"latency (ms){note}")
     ax.set_ylabel("fraction of iterations")
     ax.set_title(title)
@@ -276,7 +284,11 @@ def benchmark_p50(report: dict[str, Any]) -> bytes | None:
         ax.bar_label(bars, labels=[f"{v:.3f}" for v in p50], fontsize=7, padding=2)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(list(groups))
-    ax.set_ylabel("p50 latency (ms), whisker to p90")
+    lats = [e["latency"] for e in report["entries"]]
+    log = max(x["p90_ms"] for x in lats) / min(x["p50_ms"] for x in lats) > LOG_SPREAD
+    if log:  # same reason as the CDF: stalls on a busy host would flatten every bar
+        ax.set_yscale("log")
+    ax.set_ylabel("p50 latency (ms), whisker to p90" + (", log scale" if log else ""))
     ax.set_title("p50 latency per model, grouped by profile")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -211,6 +211,8 @@ def target_for(profile: DeviceProfile) -> Target:
 
 
 def require_available(target: Target, profile: DeviceProfile) -> None:
-    ok, reason = target.available()
+    """Raise TargetUnavailableError naming what is missing for ``profile`` on ``target``."""
+    check = getattr(target, "available_for", None)
+    ok, reason = check(profile) if callable(check) else target.available()
     if not ok:
         raise TargetUnavailableError(f"profile '{profile.name}' needs {target.name}: {reason}")

@@ -15,9 +15,7 @@ budget instead of the candidate's own absolute p50.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -33,7 +31,7 @@ from edgeprune._io import append_jsonl, sha256_file
 from edgeprune.errors import OnnxModelError
 from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
 from edgeprune.targets.base import LatencyStats, Prepared, Target, require_available, target_for
-from edgeprune.targets.timing import cpu_model
+from edgeprune.targets.timing import block_settings, cpu_model, warmup_settings
 
 CACHE_VERSION = 1
 _SIG_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -111,16 +109,6 @@ def _runtime_version(runtime: str) -> str | None:
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
-
-
-def block_settings(settings: MeasurementSettings, blocks: int) -> MeasurementSettings:
-    """Per-block loop settings: the profile's minimums split over ``blocks`` interleaved blocks."""
-    return settings.model_copy(
-        update={
-            "min_iters": max(1, math.ceil(settings.min_iters / blocks)),
-            "min_duration_ms": settings.min_duration_ms / blocks,
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -331,9 +319,11 @@ class LatencyOracle:
         cand_runs: list[LatencyStats] = []
         base_runs: list[LatencyStats] = []
         with self._prepared(cand_path) as cand, self._prepared(base_path) as base:
-            for i in range(n_blocks):
-                cand_runs.append(self._measure_block(cand, per_block, warmup=i == 0))
-                base_runs.append(self._measure_block(base, per_block, warmup=i == 0))
+            for prepared in (cand, base):
+                self.target.measure(prepared, None, warmup_settings(self.settings))
+            for _ in range(n_blocks):
+                cand_runs.append(self.target.measure(cand, None, per_block))
+                base_runs.append(self.target.measure(base, None, per_block))
         result = compare_blocks(cand_runs, base_runs)
         self._store(
             key,
@@ -348,15 +338,6 @@ class LatencyOracle:
             },
         )
         return result
-
-    def _measure_block(
-        self, prepared: Prepared, settings: MeasurementSettings, *, warmup: bool
-    ) -> LatencyStats:
-        measure: Callable[..., LatencyStats] = self.target.measure
-        if "warmup" in inspect.signature(measure).parameters:
-            return measure(prepared, None, settings, warmup=warmup)
-        # A target without the ``warmup`` keyword warms up in every block: slower, same figures.
-        return measure(prepared, None, settings)
 
 
 def compare_blocks(

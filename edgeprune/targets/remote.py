@@ -95,7 +95,6 @@ class AgentPool:
                     n = len(self.clients)
                     last = getattr(self._local, "url", None)
                     # This thread's previous agent first, then round robin from the cursor.
-                    order = [(k - 1) % n for k in range(n + 1)] if last in free else []
                     order = [i for i in range(n) if self.clients[i].url == last] + [
                         (self._next + k) % n for k in range(n)
                     ]

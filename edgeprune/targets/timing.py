@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import os
 import platform
 import sys
@@ -134,3 +135,24 @@ def host_info() -> dict[str, Any]:
         "cpu_governor": _cpu_governor(),
         "load_avg_1m": load_1m,
     }
+
+
+def block_settings(settings: MeasurementSettings, blocks: int) -> MeasurementSettings:
+    """One interleaved block's share of a measurement: 1/blocks of the minimums, no warm-up.
+
+    Warm each model up once with :func:`warmup_settings` before the first block.
+    """
+    return settings.model_copy(
+        update={
+            "warmup_iters": 0,
+            "warmup_ms": 0.0,
+            "min_iters": max(1, math.ceil(settings.min_iters / blocks)),
+            "min_duration_ms": settings.min_duration_ms / blocks,
+            "max_iters": max(1, math.ceil(settings.max_iters / blocks)),
+        }
+    )
+
+
+def warmup_settings(settings: MeasurementSettings) -> MeasurementSettings:
+    """The profile's warm-up followed by a single timed iteration (to be discarded)."""
+    return settings.model_copy(update={"min_iters": 1, "min_duration_ms": 0.0, "max_iters": 1})

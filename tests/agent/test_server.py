@@ -176,6 +176,9 @@ def test_concurrent_requests_are_queued_not_run_at_once(tmp_path: Path, tiny_onn
         assert max(m["queued_s"] for m in done) >= 0.5
         q = agent.health()["queue"]
         assert q["max_running"] == 1 and q["rejected_busy"] == 1 and q["measurements"] == 2
+        agent.stop()  # SIGTERM: a graceful stop removes the agent's work directory
+        assert agent.proc.returncode is not None
+        assert list(agent.tmpdir.glob("edgeprune-agent-*")) == []
     finally:
         agent.stop()
 

@@ -12,7 +12,13 @@ import torch
 import edgeprune.data.imagefolder as imagefolder_mod
 from edgeprune.data import extract_archive, load_data
 
-TARBALL = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpg.tar.gz"
+# The dev box keeps it beside the checkout; elsewhere point EDGEPRUNE_CIFAR10_TARBALL at it.
+TARBALL = Path(
+    os.environ.get(
+        "EDGEPRUNE_CIFAR10_TARBALL",
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpg.tar.gz",
+    )
+)
 
 
 def _cache_dir() -> Path:

@@ -186,3 +186,13 @@ def test_archive_with_a_single_top_folder_returns_that_folder(tmp_path: Path) ->
     assert root.name == "cifar-10-batches-py" and (root / "data_batch_1").is_file()
     assert load_data(archive, cache_dir=tmp_path / "c").test_x.shape[0] == 8
     assert src.is_dir()
+
+
+def test_digits_read_directly_match_sklearn() -> None:
+    from sklearn.datasets import load_digits
+
+    from edgeprune.data.sources import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert (images == bunch.images).all() and (labels == bunch.target).all()

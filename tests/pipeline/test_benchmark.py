@@ -11,14 +11,10 @@ from rich.console import Console
 
 from edgeprune.errors import OnnxModelError, TargetUnavailableError
 from edgeprune.models.testing import TinyConvNet
-from edgeprune.pipeline.benchmark import (
-    BENCHMARK_FILE,
-    benchmark,
-    block_settings,
-    render_table,
-)
+from edgeprune.pipeline.benchmark import BENCHMARK_FILE, benchmark, render_table
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.profiles import DeviceProfile, MeasurementSettings, load_profile
+from edgeprune.targets.timing import block_settings
 
 PROFILE_YAML = """\
 name: tiny-bench

@@ -78,7 +78,7 @@ def test_ignored_layers_freeze_their_group() -> None:
 
 
 def test_data_dependent_control_flow_is_refused() -> None:
-    with pytest.raises(PruningError, match="data-dependent control flow.*make the forward static"):
+    with pytest.raises(PruningError, match=r"data-dependent control flow.*make the forward static"):
         build_groups(DataDependentNet(), X)
 
 

@@ -15,7 +15,7 @@ from edgeprune.models import ZOO, create_model
 from edgeprune.models.resnet import resnet20_option_a
 from edgeprune.models.testing import GroupedConvNet, TinyConvNet
 from edgeprune.pipeline.groups import GroupSet, build_groups
-from edgeprune.pipeline.plan import PruningPlan, plan_from_ratios, round_keep
+from edgeprune.pipeline.plan import PruningPlan, channel_grid, plan_from_ratios, round_keep
 from edgeprune.pipeline.prune import prune, zero_removed_
 
 FACTORIES = {name: (lambda n=name: create_model(n)) for name in sorted(ZOO)}
@@ -35,7 +35,7 @@ def _realistic_bn_(model: nn.Module) -> nn.Module:
             m.reset_running_stats()
     model.train()
     with torch.no_grad():
-        model(torch.randn(8, 3, 32, 32, generator=gen))
+        model(torch.randn(4, 3, 32, 32, generator=gen))
     return model.eval()
 
 
@@ -74,14 +74,13 @@ def test_random_plan_equals_original_with_removed_channels_zeroed(name: str) -> 
     zero_removed_(reference, {g.id: g for g in groups}, result.removed)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        # float64 on both sides: the check is about which channels were cut, not rounding.
-        ref = reference.double()(x.double())
-        out = copy.deepcopy(result.model).double()(x.double())
-        full = copy.deepcopy(model).double()(x.double())
-    assert ref.abs().max() > 1e-3, "signal vanished: the comparison would prove nothing"
-    assert (out - ref).abs().max().item() <= 1e-5
-    # And the removal matters: the pruned model is not the unpruned one.
-    assert (out - full).abs().max().item() > 1e-6
+        ref, out, full = reference(x), result.model(x), model(x)
+    diff = (out - ref).abs().max().item()
+    effect = (out - full).abs().max().item()
+    assert diff <= 1e-5
+    # The removal changes the output by orders of magnitude more than the residual: the
+    # comparison can tell a right cut from a wrong one at this output scale.
+    assert diff <= 1e-3 * effect, (diff, effect)
 
 
 @pytest.mark.parametrize("multiple", [8, 16])
@@ -89,26 +88,30 @@ def test_random_plan_equals_original_with_removed_channels_zeroed(name: str) -> 
 def test_rounding_holds_for_every_pruned_group(name: str, multiple: int) -> None:
     model, groups = _model_and_groups(name)
     rng = random.Random(multiple)
-    plan = plan_from_ratios(groups, {g.id: rng.uniform(0.0, 1.0) for g in groups.prunable}, multiple)
+    plan = plan_from_ratios(
+        groups, {g.id: rng.uniform(0.0, 1.0) for g in groups.prunable}, multiple
+    )
     pruned = prune(model, groups, plan, "l2").model
     for info in groups.prunable:
         kept = _out_width(pruned, info.name)
         assert kept == plan.kept(info)
-        if info.width <= multiple:
-            assert kept == info.width
-        else:
-            assert kept == info.width or (kept % multiple == 0 and kept >= multiple)
+        assert kept in channel_grid(info.width, multiple, info.channel_step)
+        # Whole multiples; below one multiple, quarter multiples (see channel_grid).
+        assert kept == info.width or kept % (multiple if kept >= multiple else multiple // 4) == 0
 
 
 def test_round_keep_rule() -> None:
     assert round_keep(64, 0.5, 16) == 32
     assert round_keep(64, 0.6, 16) == 32  # 38.4 -> nearest multiple
-    assert round_keep(64, 0.01, 16) == 16  # at least one multiple
+    assert round_keep(64, 0.4, 16) == 32  # 25.6 -> nearest multiple
+    assert round_keep(64, 0.01, 16) == 4  # below one multiple: quarter multiples
+    assert round_keep(64, 0.2, 16) == 12
     assert round_keep(64, 1.0, 16) == 64
-    assert round_keep(12, 0.5, 16) == 12  # narrower than the multiple: keep all
     assert round_keep(24, 1.0, 16) == 24  # never more than the width
-    assert round_keep(24, 0.9, 16) == 16
+    assert round_keep(24, 0.9, 16) == 24  # the width itself is on the grid
+    assert round_keep(40, 0.7, 16) == 32
     assert round_keep(10, 0.0, 1) == 1
+    assert channel_grid(3, 16) == (3,)  # narrower than a quarter multiple: keep all
 
 
 def test_grouped_conv_keeps_equal_groups() -> None:
@@ -156,7 +159,7 @@ def test_bad_plans_raise_one_clear_error_each() -> None:
         (PruningPlan({down.id: 0}), r"outside \[1, 32\]"),
         (PruningPlan({down.id: 33}), r"outside \[1, 32\]"),
         (PruningPlan({fc.id: 5}), "frozen"),
-        (PruningPlan({down.id: 12}, channel_multiple=8), "not a multiple of 8"),
+        (PruningPlan({down.id: 12}, channel_multiple=8), "not on the channel grid"),
     ]
     for plan, message in cases:
         with pytest.raises(PruningError, match=message):

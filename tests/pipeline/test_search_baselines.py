@@ -12,6 +12,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeprune.errors import SearchError
+from edgeprune.pipeline.plan import channel_grid
 from edgeprune.pipeline.search import MagnitudeSearcher, Outcome, make_searcher
 from edgeprune.pipeline.search.magnitude import global_magnitude_removal, normalize_scores
 from edgeprune.pipeline.search.uniform import uniform_removal
@@ -28,8 +29,10 @@ def test_uniform_with_a_coarse_multiple_bumps_the_ratio_instead_of_stalling() ->
     # rho = 11/224 rounds every group back to its width; the smallest ratio that removes
     # something is just above 1/16, where the 128 group drops to 112
     assert uniform_removal([32, 64, 128], [32, 64, 128], 11, 16) == [0, 0, 16]
-    # groups at their floor (one multiple) give nothing; nothing left -> all zeros
-    assert uniform_removal([16, 16], [16, 16], 4, 16) == [0, 0]
+    # below one multiple the grid steps by a quarter multiple
+    assert uniform_removal([16, 16], [16, 16], 4, 16) == [4, 4]
+    # groups at their floor (a quarter multiple) give nothing; nothing left -> all zeros
+    assert uniform_removal([16, 16], [4, 4], 4, 16) == [0, 0]
 
 
 def test_uniform_searcher_runs_the_contract() -> None:
@@ -79,7 +82,7 @@ def test_magnitude_rounding_rounds_pruned_groups_down_to_the_multiple() -> None:
         if p == 0:
             assert r == 0
         else:
-            assert (w - r) % 8 == 0 and w - r >= 8 and r >= p
+            assert (w - r) in channel_grid(w, 8) and r >= p
             assert w - r == max(8, (w - p) // 8 * 8)
 
 

@@ -6,12 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.report import render_run
+from edgeprune.report import compress_doc, load_report, markdown, render_run
 from edgeprune.report.blocks import Table
 from edgeprune.report.markdown import table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("accuracy_vs_latency", "latency_per_step", "channels_per_layer", "latency_distribution")
+
+
+def _markdown_only(run_dir: Path) -> str:
+    """The Markdown without drawing plots (fast): content checks that need no figures."""
+    return markdown.render(compress_doc.build(load_report(run_dir), figures=()))
 
 
 @pytest.fixture
@@ -23,7 +28,10 @@ def test_headline_numbers_and_rounding(md: str) -> None:
     # Fixture: baseline p50 0.437977 ms, final 0.204233 ms; val 0.987654 -> 0.975309;
     # MACs 41,218,698 -> 13,456,789; budget 0.2184 ms.
     assert md.startswith("# edgeprune compress: resnet20 on cpu-ort-1t\n")
-    assert "Latency budget 0.218 ms on cpu-ort-1t: met (final p50 0.204 ms)." in md
+    assert (
+        "Latency budget 0.218 ms on cpu-ort-1t: met, final latency 0.207 ms (baseline p50 at "
+        "start x interleaved final/baseline median ratio; p50 measured at the end 0.204 ms)."
+    ) in md
     assert "Measured speedup 2.14x (p50 ratio) for 3.06x fewer MACs." in md
     assert "Search stopped: goal met after 3 prune steps." in md
     for row in (
@@ -91,7 +99,7 @@ def test_optional_parts_missing(edited) -> None:  # type: ignore[no-untyped-def]
         r.pop("export")
 
     d = edited("report.json", sparsity_goal_no_search)
-    md = render_run(d)["report.md"].read_text(encoding="utf-8")
+    md = render_run(d)["report.md"].read_text(encoding="utf-8")  # with plots: none to draw
     assert "Goal: sparsity 0.5; final p50 0.204 ms." in md
     assert "| test top-1 | - | - | - |" in md
     assert "accuracy_vs_latency.png" not in md and "latency_per_step.png" not in md
@@ -104,3 +112,10 @@ def test_table_cells_are_escaped() -> None:
     assert table(t) == "| a | b |\n|:---|---:|\n| x\\|y | 1 |"
     with pytest.raises(ValueError, match="has 1 cells, expected 2"):
         Table(("a", "b"), (("x",),))
+
+
+def test_noise_note_when_tails_are_heavy(edited) -> None:  # type: ignore[no-untyped-def]
+    d = edited("report.json", lambda r: r["final"]["latency"]["cpu-ort-1t"].update(p90_ms=0.9))
+    md = _markdown_only(d)
+    assert "Noisy measurement: p90 is more than 1.5x p50 for final on cpu-ort-1t;" in md
+    assert "(1-minute load average 1.04)" in md

@@ -213,3 +213,16 @@ def test_pool_spreads_concurrent_measurements_one_in_flight_per_agent(
             assert b["started_unix"] >= a["finished_unix"]  # one in flight per device
         # The pool never queued a second request on an agent: nothing waited there.
         assert all(float(r["queued_s"]) < 0.1 for r in mine)  # type: ignore[arg-type]
+
+
+def test_a_thread_keeps_its_agent_while_it_is_free(
+    agents: list[AgentProc], tiny_onnx: Path
+) -> None:
+    # Keeps the blocks of an interleaved comparison on one device, with warm sessions.
+    pool = AgentPool([_client(a) for a in agents])
+    data, profile = tiny_onnx.read_bytes(), load_profile("cpu-ort-1t")
+    first = pool.measure(data, profile, FAST)
+    again = pool.measure(data, profile, FAST, warmup=False)
+    assert again.settings["agent_url"] == first.settings["agent_url"]
+    assert again.settings["agent"]["session_cache_hit"] is True
+    assert again.settings["agent"]["warmup"] is False

@@ -46,12 +46,14 @@ Rules of the contract:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from edgeprune.errors import SearchError
+from edgeprune.pipeline.plan import channel_grid
 
 
 @dataclass(frozen=True)
@@ -184,21 +186,22 @@ def settings_from_config(cls: type[T], config: Any, **overrides: Any) -> T:
 
 
 def channel_floor(width: int, multiple: int) -> int:
-    """The narrowest a group may get: one ``multiple`` (itself if already narrower)."""
-    return min(width, max(1, multiple))
+    """The narrowest a group may get (the first width on the channel grid)."""
+    return channel_grid(width, multiple)[0]
 
 
 def snap_keep_down(keep: int, width: int, multiple: int) -> int:
-    """Largest allowed width <= ``keep``: a multiple of ``multiple``, or ``width`` itself."""
-    if keep >= width:
-        return width
-    return max(channel_floor(width, multiple), (keep // multiple) * multiple)
+    """Largest width on the channel grid <= ``keep`` (the floor if none)."""
+    grid = channel_grid(width, multiple)
+    i = bisect.bisect_right(grid, keep)
+    return grid[max(i - 1, 0)]
 
 
 def _next_keep_below(keep: int, width: int, multiple: int) -> int | None:
-    """The next allowed width below ``keep``, or None at the floor."""
-    nxt = ((keep - 1) // multiple) * multiple
-    return nxt if nxt >= channel_floor(width, multiple) and nxt < keep else None
+    """The next width on the grid below ``keep``, or None at the floor."""
+    grid = channel_grid(width, multiple)
+    i = bisect.bisect_left(grid, keep)
+    return grid[i - 1] if i > 0 else None
 
 
 def water_fill(shares: Sequence[float], caps: Sequence[float], total: float) -> list[float]:
@@ -279,9 +282,10 @@ def allocate_removal(
 
 
 def _snap_up(keep_real: float, width: int, multiple: int) -> int:
-    """Smallest allowed width >= ``keep_real``."""
-    k = math.ceil(keep_real / multiple - 1e-9) * multiple
-    return width if k >= width else max(channel_floor(width, multiple), k)
+    """Smallest width on the grid >= ``keep_real``."""
+    grid = channel_grid(width, multiple)
+    i = bisect.bisect_left(grid, keep_real - 1e-9)
+    return grid[min(i, len(grid) - 1)]
 
 
 def validate_step_inputs(widths: Mapping[int, int], step_channels: int, multiple: int) -> None:

@@ -10,8 +10,7 @@ removes something, so the baseline never stalls while there is capacity left.
 
 from __future__ import annotations
 
-import math
-
+from edgeprune.pipeline.plan import channel_grid
 from edgeprune.pipeline.search.base import (
     Candidate,
     OneShotSearcher,
@@ -22,11 +21,10 @@ from edgeprune.pipeline.search.base import (
 
 
 def uniform_keep(base_width: int, width: int, rho: float, multiple: int) -> int:
-    """Width a group keeps at cumulative ratio ``rho`` (nearest multiple, half up)."""
-    m = max(1, multiple)
+    """Width a group keeps at cumulative ratio ``rho`` (nearest on the channel grid)."""
     target = base_width * (1.0 - rho)
-    snapped = math.floor(target / m + 0.5) * m
-    return min(width, max(channel_floor(width, m), snapped))
+    snapped = min(channel_grid(base_width, multiple), key=lambda k: (abs(k - target), -k))
+    return min(width, max(channel_floor(width, multiple), snapped))
 
 
 def uniform_removal(

@@ -1,0 +1,125 @@
+"""INT8 by explicit quantization: deterministic calibration reader, Q/DQ export, accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeprune.calibration.int8 import CalibrationReader, compare_int8, export_int8
+from edgeprune.data import DataSplits, load_data, normalize
+from edgeprune.errors import DataError, ExportError, OnnxModelError
+from edgeprune.models.testing import TinyConvNet
+from edgeprune.pipeline.export import export_onnx
+from edgeprune.profiles import DeviceProfile, MeasurementSettings, load_profile
+from edgeprune.targets.trt_ops import check_tensorrt_ops
+
+FAST = MeasurementSettings(warmup_iters=3, warmup_ms=0, min_iters=20, min_duration_ms=50, blocks=2)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    # 16x16 keeps every detail of the 8x8 digits at a quarter of the 32x32 compute.
+    return load_data("digits", image_size=16)
+
+
+def _profile() -> DeviceProfile:
+    return load_profile("cpu-ort-1t").model_copy(update={"input_shape": (3, 16, 16)})
+
+
+def _fit(model: torch.nn.Module, data: DataSplits, steps: int = 150) -> None:
+    # A short Adam run without augmentation: enough for well-above-chance accuracy on
+    # digits within seconds on a shared 2-core CPU (the project's train() augments).
+    x, y = normalize(data.train_x, data.mean, data.std), data.train_y
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (64,), generator=gen)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, digits: DataSplits) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)  # initial weights: the run is reproducible
+    model = TinyConvNet(num_classes=10, width=8)
+    _fit(model, digits)
+    fp32 = export_onnx(model, _profile(), out / "model.onnx").path
+    int8 = export_int8(fp32, out / "model.int8.onnx", digits, n_samples=128, seed=0)
+    return fp32, int8
+
+
+def test_reader_is_deterministic_and_normalised(digits: DataSplits) -> None:
+    a = CalibrationReader(digits.train_x, digits.mean, digits.std, "input", 50, batch=4, seed=3)
+    b = CalibrationReader(digits.train_x, digits.mean, digits.std, "input", 50, batch=4, seed=3)
+    c = CalibrationReader(digits.train_x, digits.mean, digits.std, "input", 50, batch=4, seed=4)
+    assert np.array_equal(a.indices, b.indices)
+    assert not np.array_equal(a.indices, c.indices)
+    assert a.n_samples == 48  # rounded down to whole batches of the static batch size
+    batches = []
+    while (feed := a.get_next()) is not None:
+        batches.append(feed["input"])
+    assert len(batches) == 12 and all(x.shape == (4, 3, 16, 16) for x in batches)
+    assert batches[0].dtype == np.float32
+    expected = normalize(digits.train_x[torch.from_numpy(a.indices[:4])], digits.mean, digits.std)
+    np.testing.assert_allclose(batches[0], expected.numpy(), rtol=1e-6)
+    a.rewind()
+    np.testing.assert_array_equal(a.get_next()["input"], batches[0])
+
+
+def test_reader_caps_and_rejects_bad_data(digits: DataSplits) -> None:
+    small = digits.train_x[:10]
+    reader = CalibrationReader(small, digits.mean, digits.std, "input", 1000, batch=1)
+    assert reader.n_samples == 10
+    with pytest.raises(DataError, match="uint8"):
+        CalibrationReader(small.float(), digits.mean, digits.std, "input", 5)
+    with pytest.raises(DataError, match="at least one batch"):
+        CalibrationReader(small, digits.mean, digits.std, "input", 5, batch=8)
+
+
+def test_int8_export_is_qdq_and_tensorrt_compatible(exported: tuple[Path, Path]) -> None:
+    _, int8 = exported
+    graph = onnx.load(str(int8)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    # Symmetric activations: every zero point is 0, which TensorRT requires.
+    zps = [n.input[2] for n in graph.node if n.op_type.endswith("QuantizeLinear")]
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    assert zps and all(not np.any(inits[z]) for z in zps)
+    assert all(inits[z].dtype == np.int8 for z in zps)
+    # Per-channel weights: the conv weight scales are vectors.
+    assert any(
+        n.op_type == "DequantizeLinear" and inits.get(n.input[1], np.zeros(1)).size > 1
+        for n in graph.node
+    )
+    report = check_tensorrt_ops(int8)
+    assert report.ok, report.summary()
+
+
+def test_int8_accuracy_within_one_point_of_fp32(
+    exported: tuple[Path, Path], digits: DataSplits
+) -> None:
+    fp32, int8 = exported
+    r = compare_int8(fp32, int8, digits, _profile(), settings=FAST)
+    assert r["n_eval"] == digits.test_x.shape[0]
+    assert r["top1_fp32"] > 60.0, "the model did not train; the comparison would be vacuous"
+    assert abs(r["top1_fp32"] - r["top1_int8"]) <= 1.0, r
+    assert r["p50_fp32_ms"] > 0 and r["p50_int8_ms"] > 0
+
+
+def test_quantize_errors_name_the_problem(tmp_path: Path, digits: DataSplits) -> None:
+    with pytest.raises(OnnxModelError, match="does not exist"):
+        export_int8(tmp_path / "missing.onnx", tmp_path / "out.onnx", digits)
+    model = TinyConvNet(num_classes=10, width=4).eval()
+    fp32 = export_onnx(model, _profile(), tmp_path / "m.onnx").path
+    with pytest.raises(ExportError, match="calibration method"):
+        export_int8(fp32, tmp_path / "out.onnx", digits, n_samples=4, method="kl")

@@ -1,0 +1,138 @@
+"""Training loop: it learns, keeps the best-on-validation weights, and is reproducible."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.data import DataSplits, load_data
+from edgeprune.errors import DataError, EdgepruneError
+from edgeprune.pipeline.train import evaluate, lr_at, run_epochs, train
+
+
+def small_net(num_classes: int = 10) -> nn.Module:
+    """Three strided conv-BN-ReLU layers: sees the whole digit, cheap at 32x32."""
+
+    def cbr(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *cbr(3, 16), *cbr(16, 32), *cbr(32, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, num_classes),
+    )  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models on a shared, oversubscribed 2-core box run ~10x faster on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def tiny_digits() -> DataSplits:
+    return load_data("digits", limit=300)
+
+
+def test_small_net_learns_digits_in_three_epochs(digits: DataSplits, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = small_net()
+    out = tmp_path / "best.pt"
+    result = train(model, digits, epochs=3, batch_size=32, augment=False, progress=False, out=out)
+    assert result.best_val_acc > 0.80
+    assert result.epochs == 3 and len(result.history) == 3
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.best_val_acc == max(row["val_acc"] for row in result.history)
+    assert result.history[result.best_epoch - 1]["val_acc"] == result.best_val_acc
+    # The model holds the best weights, and so does the file (a plain state_dict). Training
+    # ran channels-last and evaluation now runs contiguous: allow one near-tie to flip.
+    one = 1.5 / digits.val_x.shape[0]
+    acc = evaluate(model, digits.val_x, digits.val_y, digits.mean, digits.std)
+    assert acc == pytest.approx(result.best_val_acc, abs=one)
+    assert all(p.is_contiguous() for p in model.parameters())
+    state = torch.load(out, weights_only=True)
+    assert all(v.is_contiguous() for v in state.values())
+    fresh = small_net()
+    fresh.load_state_dict(state)
+    acc = evaluate(fresh, digits.val_x, digits.val_y, digits.mean, digits.std)
+    assert acc == pytest.approx(result.best_val_acc, abs=one)
+    assert evaluate(model, digits.test_x, digits.test_y, digits.mean, digits.std) > 0.75
+    assert result.to_dict()["history"][0]["train_acc"] is not None
+
+
+def test_same_seed_same_run(tiny_digits: DataSplits) -> None:
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = small_net()
+        result = train(model, tiny_digits, epochs=2, batch_size=32, seed=7, progress=False)
+        runs.append((result, model.state_dict()))
+    (r1, s1), (r2, s2) = runs
+    assert [row["loss"] for row in r1.history] == [row["loss"] for row in r2.history]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_best_epoch_weights_are_restored(digits: DataSplits) -> None:
+    """A loss that wrecks the model after epoch 1 must not cost the epoch-1 weights."""
+    torch.manual_seed(0)
+    model = small_net()
+    seen: list[int] = []
+
+    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = m(x)
+        # Epoch 1 learns; later epochs learn to answer class 0 whatever the image.
+        return F.cross_entropy(logits, y if not seen else torch.zeros_like(y))
+
+    result = run_epochs(
+        model, digits, loss_fn, epochs=2, lr=0.1, batch_size=32, augment=False,
+        progress=False, on_epoch=lambda row: seen.append(row["epoch"]),
+    )  # fmt: skip
+    assert seen == [1, 2]
+    assert result.best_epoch == 1 and result.history[1]["val_acc"] < result.best_val_acc - 0.2
+    assert result.history[0]["train_acc"] is None  # loss_fn returned no logits
+    acc = evaluate(model, digits.val_x, digits.val_y, digits.mean, digits.std)
+    assert acc == pytest.approx(result.best_val_acc, abs=1.5 / digits.val_x.shape[0])
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    lrs = [lr_at(s, 100, 10, 0.1, 0.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lrs[-1] < 0.001
+    assert lr_at(100, 100, 10, 0.1, 1e-4) == pytest.approx(1e-4)
+
+
+def test_diverging_loss_is_reported(tiny_digits: DataSplits) -> None:
+    def nan_loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return m(x).sum() * math.nan
+
+    with pytest.raises(EdgepruneError, match="loss became nan in epoch 1 — lower lr"):
+        run_epochs(small_net(), tiny_digits, nan_loss, epochs=1, lr=0.1, progress=False)
+
+
+def test_evaluate_restores_mode_and_rejects_empty(tiny_digits: DataSplits) -> None:
+    model = small_net().train()
+    evaluate(model, tiny_digits.val_x, tiny_digits.val_y, tiny_digits.mean, tiny_digits.std)
+    assert model.training
+    empty = tiny_digits.val_x[:0]
+    with pytest.raises(DataError, match="no images to evaluate"):
+        evaluate(model, empty, tiny_digits.val_y[:0], tiny_digits.mean, tiny_digits.std)
+
+
+def test_zero_epochs_is_refused(tiny_digits: DataSplits) -> None:
+    with pytest.raises(EdgepruneError, match="epochs=0"):
+        train(small_net(), tiny_digits, epochs=0, progress=False)
