@@ -36,7 +36,9 @@ def run_profiles(args: argparse.Namespace) -> int:
     notes = []
     for p in list_profiles():
         try:
-            ok, reason = target_for(p).available()
+            target = target_for(p)
+            check = getattr(target, "available_for", None)
+            ok, reason = check(p) if callable(check) else target.available()
         except EdgepruneError as exc:
             ok, reason = False, str(exc)
         if not ok:
@@ -101,19 +103,22 @@ def run_export(args: argparse.Namespace) -> int:
 
         fp16 = convert_fp16(args.out, args.out.with_suffix(".fp16.onnx"))
         out.print(f"FP16 model -> {fp16}")
+    checked = args.out
     if args.int8:
-        from edgeprune.calibration.int8 import export_int8
+        from edgeprune.calibration.int8 import compare_int8, export_int8
+        from edgeprune.data import load_data
 
         if not args.calib_data:
             raise EdgepruneError("--int8 needs --calib-data (e.g. --calib-data digits)")
-        result = export_int8(
-            args.out, args.out.with_suffix(".int8.onnx"), args.calib_data, profile,
-            n_samples=args.calib_samples,
-        )  # fmt: skip
-        out.print(json.dumps(result, indent=2, default=str))
+        data = load_data(args.calib_data, image_size=profile.input_shape[1])
+        checked = export_int8(
+            args.out, args.out.with_suffix(".int8.onnx"), data, n_samples=args.calib_samples
+        )
+        split = "test" if data.has_test else "val"
+        out.print(json.dumps(compare_int8(args.out, checked, data, profile, split=split), indent=2))
     from edgeprune.targets.trt_ops import check_tensorrt_ops
 
-    ops = check_tensorrt_ops(args.out)
+    ops = check_tensorrt_ops(checked)
     out.print(ops.summary())
     return 0
 

@@ -105,7 +105,9 @@ class RunConfig(_Section):
     goal: GoalConfig = GoalConfig()
     search: SearchConfig = SearchConfig()
     finetune: FinetuneConfig = FinetuneConfig()
-    threads: int = Field(2, ge=1, description="torch threads for search and fine-tuning")
+    threads: int = Field(
+        1, ge=1, description="torch threads (1: two threads ran ~10x slower on a busy 2-core box)"
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # 2 threads ran ~10x slower on a loaded 2-core box
 
 
 def _cuda_reason() -> str | None:

@@ -28,10 +28,10 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 try:  # onnxruntime is a core dependency; keep the class importable even without it
     from onnxruntime.quantization import CalibrationDataReader as _ReaderBase
 except ImportError:  # pragma: no cover - onnxruntime missing
-    _ReaderBase = object  # type: ignore[assignment,misc]
+    _ReaderBase = object
 
 
-class CalibrationReader(_ReaderBase):  # type: ignore[misc,valid-type]
+class CalibrationReader(_ReaderBase):
     """Feeds ``n_samples`` normalised images, chosen deterministically, to ORT's calibrator.
 
     Args:
@@ -274,7 +274,9 @@ def export_int8(
     Args:
         fp32_onnx: The float32 export.
         out_path: The INT8 model's path (e.g. ``model.int8.onnx``).
-        data: ``DataSplits``; calibration uses its training split, never the test split.
+        data: ``DataSplits``, or a source for :func:`edgeprune.data.load_data` (``"digits"``,
+            a path) loaded at the model's input size; calibration uses the training split,
+            never the test split.
         n_samples: Calibration images.
         seed: Which images (deterministic).
         per_channel: Per-channel weight scales.
@@ -293,6 +295,11 @@ def export_int8(
     inp = next(v for v in graph.input if v.name not in inits)
     dim0 = inp.type.tensor_type.shape.dim[0]
     batch = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else 1
+    if isinstance(data, (str, Path)):
+        from edgeprune.data import load_data
+
+        side = inp.type.tensor_type.shape.dim[2].dim_value or 32
+        data = load_data(data, image_size=side)
     reader = CalibrationReader(
         data.train_x, data.mean, data.std, inp.name, n_samples=n_samples, batch=batch, seed=seed
     )

@@ -39,7 +39,7 @@ __all__ = [
 Importance = Callable[[GroupInfo, nn.Module, int], torch.Tensor]
 _NORM = nn.modules.batchnorm._BatchNorm
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
-_CLUSTER_CACHE_SIZE = 4096
+_CACHE_SIZE = 4096
 
 
 def _out_rows(layer: nn.Module, w: torch.Tensor) -> torch.Tensor:
@@ -86,28 +86,55 @@ def _group_sum(
     return total
 
 
-class MagnitudeImportance:
+class _CachedScores:
+    """Scores depend only on the weights, and the search scores the same base model thousands
+    of times: keep them per model, group and weight version (in-place updates bump
+    ``Tensor._version``; replaced parameters change identity)."""
+
+    def __init__(self) -> None:
+        self._cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], torch.Tensor]]
+        self._cache = weakref.WeakKeyDictionary()
+
+    def _scores(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _depends_on_n_keep(self) -> bool:
+        return False
+
+    def __call__(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
+        cache = self._cache.setdefault(model, {})
+        version = tuple((id(p), p._version) for p in model.parameters())
+        key = (group.id, n_keep if self._depends_on_n_keep() else None, version)
+        if key not in cache:
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[key] = self._scores(group, model, n_keep)
+        return cache[key]
+
+
+class MagnitudeImportance(_CachedScores):
     """Group L1 (``p=1``) or squared-L2 (``p=2``) norm of every weight tied to a channel."""
 
     def __init__(self, p: int = 1) -> None:
+        super().__init__()
         if p not in (1, 2):
             raise PruningError(f"magnitude norm p must be 1 or 2, got {p!r} — use l1 or l2")
         self.p = p
 
-    def __call__(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
+    def _scores(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
         return _group_sum(group, model, lambda _l, _r, rows: rows.abs().pow(self.p).sum(1))
 
 
-class BNScaleImportance:
+class BNScaleImportance(_CachedScores):
     """|gamma| of the group's BatchNorm layers (network slimming); groups without BN fall back
     to L1 magnitude so a search never stops on a BN-free branch."""
 
-    def __call__(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
+    def _scores(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
         scores = _group_sum(
             group, model, lambda _l, role, rows: rows.abs().sum(1) if role == "norm" else None
         )
         if not scores.any():
-            return MagnitudeImportance(1)(group, model, n_keep)
+            return MagnitudeImportance(1)._scores(group, model, n_keep)
         return scores
 
 
@@ -197,7 +224,7 @@ class TaylorImportance:
         return _group_sum(group, model, taylor)
 
 
-class ClusterImportance:
+class ClusterImportance(_CachedScores):
     """Keep one representative per cluster of similar filters first (Wu, Song & Zeng, 2023).
 
     The filters producing each channel (all conv/linear producers of the group, each filter
@@ -213,10 +240,12 @@ class ClusterImportance:
     """
 
     def __init__(self, seed: int = 0, n_init: int = 4) -> None:
+        super().__init__()
         self.seed = seed
         self.n_init = n_init
-        self._cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], torch.Tensor]]
-        self._cache = weakref.WeakKeyDictionary()
+
+    def _depends_on_n_keep(self) -> bool:
+        return True
 
     def _features(self, group: GroupInfo, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         feats: list[torch.Tensor] = []
@@ -234,22 +263,12 @@ class ClusterImportance:
             return torch.empty(0), norms
         return F.normalize(torch.cat(feats, dim=1), dim=1), norms
 
-    def __call__(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
-        # The search asks for the same (group, n_keep) many times: KMeans once per weights.
-        cache = self._cache.setdefault(model, {})
-        key = (group.id, n_keep, tuple(p._version for p in model.parameters()))
-        if key not in cache:
-            if len(cache) >= _CLUSTER_CACHE_SIZE:
-                cache.clear()
-            cache[key] = self._scores(group, model, n_keep)
-        return cache[key]
-
     def _scores(self, group: GroupInfo, model: nn.Module, n_keep: int) -> torch.Tensor:
         from sklearn.cluster import KMeans
 
         feats, norms = self._features(group, model)
         if feats.numel() == 0:
-            return MagnitudeImportance(2)(group, model, n_keep)
+            return MagnitudeImportance(2)._scores(group, model, n_keep)
         k = max(1, min(int(n_keep), group.width))
         with warnings.catch_warnings():
             # Duplicate filters give fewer distinct points than k: KMeans warns, result is fine.
@@ -295,4 +314,10 @@ def get_importance(name: str) -> Importance:
             f"unknown importance criterion {name!r}; known: taylor, {', '.join(CRITERIA)} — "
             "pick one of these"
         )
-    return CRITERIA[key]()
+    # One shared instance per name, so its score cache serves every prune() call.
+    if key not in _SHARED:
+        _SHARED[key] = CRITERIA[key]()
+    return _SHARED[key]
+
+
+_SHARED: dict[str, Importance] = {}

@@ -247,9 +247,39 @@ class TrtTarget:
                 "model from `edgeprune export --int8` (model.int8.onnx)"
             )
         backend = self._backend()
-        gpu = backend.gpu_name()
-        key = engine_cache_key(sha256_file(path), profile, version, gpu)
-        build = build_engine(trt, path, profile, key, version, gpu, self.cache_dir)
+        try:
+            gpu = backend.gpu_name()
+            key = engine_cache_key(sha256_file(path), profile, version, gpu)
+            build = build_engine(trt, path, profile, key, version, gpu, self.cache_dir)
+            runner = self._load(trt, build, profile, backend)
+        except BaseException:
+            backend.close()  # pycuda: pop the context pushed for this target
+            raise
+        # Read once per prepare: `nvpmodel -q` is a subprocess, and the mode is set by hand.
+        power = profile.power.model_dump() if profile.power else None
+        now = read_power_state()
+        matches = None
+        if power and power.get("nvpmodel_name") and now["nvpmodel_name"]:
+            matches = power["nvpmodel_name"] == now["nvpmodel_name"]
+        info = {
+            "tensorrt_version": version,
+            "gpu_name": gpu,
+            "cuda_backend": backend.name,
+            "engine_key": key,
+            "engine_cache_hit": build.cache_hit,
+            "engine_build_s": build.build_s,
+            "build_plan": build.plan.note,
+            "timing_cache": str(build.timing_cache) if build.timing_cache else None,
+            "power_profile": power,
+            "power_observed": now,
+            "power_mode_matches": matches,
+        }
+        return TrtPrepared(
+            path, profile, runner, build, info, runner.input_name, runner.input_shape
+        )
+
+    @staticmethod
+    def _load(trt: Any, build: EngineBuild, profile: DeviceProfile, backend: Any) -> TrtRunner:
         runtime = trt.Runtime(make_logger(trt))
         assert profile.tensorrt is not None
         if profile.tensorrt.dla_core is not None:
@@ -260,30 +290,12 @@ class TrtTarget:
                 f"cannot load engine {build.path} (corrupt, or from another TensorRT/GPU): "
                 "delete it and prepare again"
             )
-        runner = TrtRunner(trt, engine, profile.full_input_shape, backend)
-        info = {
-            "tensorrt_version": version,
-            "gpu_name": gpu,
-            "cuda_backend": backend.name,
-            "engine_key": key,
-            "engine_cache_hit": build.cache_hit,
-            "engine_build_s": build.build_s,
-            "build_plan": build.plan.note,
-            "timing_cache": str(build.timing_cache) if build.timing_cache else None,
-        }
-        return TrtPrepared(
-            path, profile, runner, build, info, runner.input_name, runner.input_shape
-        )
+        return TrtRunner(trt, engine, profile.full_input_shape, backend)
 
     def settings_of(self, prepared: TrtPrepared) -> dict[str, Any]:
         """What changes a TensorRT figure, recorded alongside it (power state included)."""
         prof, cfg = prepared.profile, prepared.profile.tensorrt
         assert cfg is not None
-        power = prof.power.model_dump() if prof.power else None
-        now = read_power_state()
-        matches = None
-        if power and power.get("nvpmodel_name") and now["nvpmodel_name"]:
-            matches = power["nvpmodel_name"] == now["nvpmodel_name"]
         return {
             "runtime": "tensorrt",
             **prepared.info,
@@ -300,9 +312,6 @@ class TrtTarget:
             "latency_clock": "host (H2D + compute + D2H + sync)"
             if cfg.data_transfers
             else "host (compute + sync)",
-            "power_profile": power,
-            "power_observed": now,
-            "power_mode_matches": matches,
         }
 
     def measure_all(

@@ -66,7 +66,8 @@ def test_fp32_only_inputs_stay_fp32(tmp_path: Path) -> None:
         [scales, w],
     )
     src = tmp_path / "resize.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(src))
     out = convert_fp16(src, tmp_path / "resize16.onnx")
     types = {i.name: i.data_type for i in onnx.load(str(out)).graph.initializer}
     assert types == {"scales": TensorProto.FLOAT, "w": TensorProto.FLOAT16}

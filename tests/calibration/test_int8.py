@@ -31,27 +31,33 @@ def _profile() -> DeviceProfile:
     return load_profile("cpu-ort-1t").model_copy(update={"input_shape": (3, 16, 16)})
 
 
-def _fit(model: torch.nn.Module, data: DataSplits, steps: int = 150) -> None:
-    # A short Adam run without augmentation: enough for well-above-chance accuracy on
-    # digits within seconds on a shared 2-core CPU (the project's train() augments).
-    x, y = normalize(data.train_x, data.mean, data.std), data.train_y
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, x.shape[0], (64,), generator=gen)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+def _fit(model: torch.nn.Module, data: DataSplits, steps: int = 200) -> None:
+    # A short Adam run without augmentation: ~95% on digits within seconds on a shared
+    # 2-core CPU (the project's train() augments and needs many more epochs). One thread:
+    # the thread count changes float summation order, and so the trained weights.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, y = normalize(data.train_x, data.mean, data.std), data.train_y
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(0, x.shape[0], (64,), generator=gen)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, digits: DataSplits) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("int8")
     torch.manual_seed(0)  # initial weights: the run is reproducible
-    model = TinyConvNet(num_classes=10, width=8)
+    model = TinyConvNet(num_classes=10, width=16)
     _fit(model, digits)
     fp32 = export_onnx(model, _profile(), out / "model.onnx").path
     int8 = export_int8(fp32, out / "model.int8.onnx", digits, n_samples=128, seed=0)
@@ -111,7 +117,7 @@ def test_int8_accuracy_within_one_point_of_fp32(
     fp32, int8 = exported
     r = compare_int8(fp32, int8, digits, _profile(), settings=FAST)
     assert r["n_eval"] == digits.test_x.shape[0]
-    assert r["top1_fp32"] > 60.0, "the model did not train; the comparison would be vacuous"
+    assert r["top1_fp32"] > 85.0, "the model did not train; the comparison would be vacuous"
     assert abs(r["top1_fp32"] - r["top1_int8"]) <= 1.0, r
     assert r["p50_fp32_ms"] > 0 and r["p50_int8_ms"] > 0
 
@@ -123,3 +129,10 @@ def test_quantize_errors_name_the_problem(tmp_path: Path, digits: DataSplits) ->
     fp32 = export_onnx(model, _profile(), tmp_path / "m.onnx").path
     with pytest.raises(ExportError, match="calibration method"):
         export_int8(fp32, tmp_path / "out.onnx", digits, n_samples=4, method="kl")
+
+
+def test_export_int8_loads_a_named_source(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    # The CLI passes --calib-data as a name or path; the model's input size picks the size.
+    fp32, _ = exported
+    out = export_int8(fp32, tmp_path / "named.int8.onnx", "digits", n_samples=8)
+    assert check_tensorrt_ops(out).ok
