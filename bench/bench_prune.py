@@ -5,7 +5,7 @@ applying one plan to a fresh copy (goal <= 100 ms; deep copy + surgery + verific
 forward), and the MACs/params of a few plans. Writes ``bench/results/prune_resnet56.json``
 (the source of truth) and ``.md`` rendered from it.
 
-Usage: ``python bench/bench_prune.py [--repeats 7] [--threads 2]``
+Usage: ``python bench/bench_prune.py [--repeats 7] [--threads 1]``
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def render_md(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     result = run(args.repeats, args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edgeprune.config import RunConfig
-from edgeprune.errors import SearchError
+from edgeprune.errors import EdgepruneError, SearchError
 from edgeprune.pipeline.compress import compress
 
 FAST_PROFILE = """\
@@ -99,7 +99,7 @@ def test_no_validation_data(tmp_path):
     np.savez(npz, x=rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8), y=np.array([0, 1]))
     cfg = _config(tmp_path)
     cfg = RunConfig.validate_dict({**cfg.model_dump(), "data": {"source": str(npz)}})
-    with pytest.raises(Exception, match="validation"):
+    with pytest.raises(EdgepruneError, match="val_fraction|validation"):
         compress(cfg, tmp_path / "run")
 
 
