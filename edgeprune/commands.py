@@ -6,6 +6,7 @@ Nothing here computes results: it loads inputs, calls library functions, and pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from rich.console import Console
@@ -154,7 +155,8 @@ def run_agent(args: argparse.Namespace) -> int:
     def ready(host: str, port: int) -> None:
         out.print(f"edgeprune agent listening on http://{host}:{port}")
 
-    try:
+    # uvicorn re-raises Ctrl-C after its graceful stop
+    with contextlib.suppress(KeyboardInterrupt):
         serve(
             args.host,
             args.port,
@@ -164,8 +166,6 @@ def run_agent(args: argparse.Namespace) -> int:
             session_cache=args.session_cache,
             ready_callback=ready,
         )
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful stop
-        pass
     return 0
 
 

@@ -207,8 +207,14 @@ def budget_from(config: RunConfig, baseline_ms: float) -> float | None:
     return None
 
 
-def _reward_fn(ctx: _Run, searcher: Searcher, budget_ms: float | None, base_macs: int,
-               base_params: int, baseline_ms: float) -> Callable[[Metrics], float]:
+def _reward_fn(
+    ctx: _Run,
+    searcher: Searcher,
+    budget_ms: float | None,
+    base_macs: int,
+    base_params: int,
+    baseline_ms: float,
+) -> Callable[[Metrics], float]:
     cfg = ctx.config.search.reward
     kind = searcher.reward_kind if ctx.config.search.searcher != "rl" else cfg.kind
     if kind == "latency" and budget_ms is None:
@@ -236,8 +242,14 @@ def _importance(ctx: _Run) -> Any:
     n = 64 * max(ctx.config.search.bn_batches, 2)
     return TaylorImportance(
         lambda: iterate_batches(
-            ctx.data.train_x[:n], ctx.data.train_y[:n], 64, shuffle=False, augment=False,
-            generator=gen, mean=ctx.data.mean, std=ctx.data.std,
+            ctx.data.train_x[:n],
+            ctx.data.train_y[:n],
+            64,
+            shuffle=False,
+            augment=False,
+            generator=gen,
+            mean=ctx.data.mean,
+            std=ctx.data.std,
         )
     )
 
@@ -279,6 +291,8 @@ def _search(ctx: _Run, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None)
 def rebuild(ctx: _Run, removed_base: dict[int, list[int]], weights: dict[str, Any]) -> nn.Module:
     """The pruned model of a checkpoint: base + removed channels (base coordinates) + weights."""
     removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
-    model = apply_removed(ctx.base, ctx.base_groups, removed) if removed else copy.deepcopy(ctx.base)
+    model = (
+        apply_removed(ctx.base, ctx.base_groups, removed) if removed else copy.deepcopy(ctx.base)
+    )
     model.load_state_dict(weights)
     return model.eval()

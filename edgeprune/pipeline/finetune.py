@@ -57,7 +57,9 @@ def distill_(
         return None
     teacher.eval()
 
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):  # type: ignore[no-untyped-def]
+    def loss_fn(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             t_logits = teacher(x)
         logits = model(x)

@@ -38,21 +38,31 @@ def finish(ctx: _Run, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
     if st["phase"] == "finetune":
         t = time.perf_counter()
         ctx.console.print(f"[bold]final fine-tune[/]: {cfg.finetune.final_epochs} KD epochs")
-        distill_(model, ctx.base, ctx.data, cfg.finetune, cfg.finetune.final_epochs,
-                 seed=cfg.seed + 10_000, progress=True, description="final fine-tune (KD)")
+        distill_(
+            model,
+            ctx.base,
+            ctx.data,
+            cfg.finetune,
+            cfg.finetune.final_epochs,
+            seed=cfg.seed + 10_000,
+            progress=True,
+            description="final fine-tune (KD)",
+        )
         st["final_finetune_s"] = time.perf_counter() - t
         st["phase"] = "final"
         ctx.run.save_checkpoint(st, model.state_dict())
     removed = {int(g): ix for g, ix in st["removed_base"].items() if ix}
     keep = {g.id: g.width - len(removed.get(g.id, ())) for g in ctx.base_groups.prunable}
     plan = PruningPlan(keep={g: k for g, k in keep.items()}, channel_multiple=1)
-    save_pruned(ctx.run.pruned_dir, model, spec=ctx.spec, groups=ctx.base_groups, plan=plan,
-                removed=removed)
+    save_pruned(
+        ctx.run.pruned_dir, model, spec=ctx.spec, groups=ctx.base_groups, plan=plan, removed=removed
+    )
     base_export = export_onnx(ctx.base, ctx.profile, ctx.run.baseline_onnx)
     final_export = export_onnx(model, ctx.profile, ctx.run.onnx_path)
     ctx.console.print("[bold]measuring[/] model.onnx against baseline.onnx (interleaved)")
-    cmp = ctx.oracle.measure_vs_baseline(ctx.run.onnx_path, ctx.run.baseline_onnx,
-                                         blocks=FINAL_BLOCKS)
+    cmp = ctx.oracle.measure_vs_baseline(
+        ctx.run.onnx_path, ctx.run.baseline_onnx, blocks=FINAL_BLOCKS
+    )
     report = _report(ctx, st, model, cmp, base_export, final_export, wall_s)
     atomic_write_json(ctx.run.report_path, report)
     _render(ctx)
@@ -72,13 +82,27 @@ def _channels(ctx: _Run, st: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for g in ctx.base_groups:
         gone = len(st["removed_base"].get(str(g.id), ()))
-        rows.append({"group": g.id, "name": g.name, "before": g.width, "after": g.width - gone,
-                     "frozen": g.frozen_reason})
+        rows.append(
+            {
+                "group": g.id,
+                "name": g.name,
+                "before": g.width,
+                "after": g.width - gone,
+                "frozen": g.frozen_reason,
+            }
+        )
     return rows
 
 
-def _report(ctx: _Run, st: dict[str, Any], model: nn.Module, cmp: Any, base_export: Any,
-            final_export: Any, wall_s: float) -> dict[str, Any]:
+def _report(
+    ctx: _Run,
+    st: dict[str, Any],
+    model: nn.Module,
+    cmp: Any,
+    base_export: Any,
+    final_export: Any,
+    wall_s: float,
+) -> dict[str, Any]:
     macs, params = count_macs_params(model, ctx.example)
     base_stats, final_stats = cmp.baseline, cmp.candidate
     budget = st["budget_ms"]
@@ -100,12 +124,15 @@ def _report(ctx: _Run, st: dict[str, Any], model: nn.Module, cmp: Any, base_expo
                 "max_abs_pct": max(errs) if errs else None,
             },
             "note": "LUT prediction (calibrated on the measurements before it) vs the "
-                    "interleaved measurement of each step's kept model",
+            "interleaved measurement of each step's kept model",
         }
     candidates = [
-        {k: r.get(k) for k in ("step", "tag", "accuracy", "latency_ms", "latency_source",
-                               "macs", "reward")}
-        for r in ctx.run.log_rows() if "error" not in r
+        {
+            k: r.get(k)
+            for k in ("step", "tag", "accuracy", "latency_ms", "latency_source", "macs", "reward")
+        }
+        for r in ctx.run.log_rows()
+        if "error" not in r
     ]
     return {
         "version": REPORT_VERSION,
@@ -115,9 +142,13 @@ def _report(ctx: _Run, st: dict[str, Any], model: nn.Module, cmp: Any, base_expo
         "config": ctx.config.model_dump(mode="json"),
         "profile": ctx.profile.model_dump(mode="json"),
         "environment": host_info(),
-        "data": {"name": ctx.data.name, "classes": len(ctx.data.classes),
-                 "train": int(ctx.data.train_x.shape[0]), "val": int(ctx.data.val_x.shape[0]),
-                 "test": int(ctx.data.test_x.shape[0])},
+        "data": {
+            "name": ctx.data.name,
+            "classes": len(ctx.data.classes),
+            "train": int(ctx.data.train_x.shape[0]),
+            "val": int(ctx.data.val_x.shape[0]),
+            "test": int(ctx.data.test_x.shape[0]),
+        },
         "goal": {
             "budget_ms": budget,
             "speedup": ctx.config.goal.speedup,
@@ -160,10 +191,18 @@ def _report(ctx: _Run, st: dict[str, Any], model: nn.Module, cmp: Any, base_expo
         },
         "lut": lut,
         "export": {"baseline": _export_dict(base_export), "final": _export_dict(final_export)},
-        "timing_s": {"total": wall_s, "search": st.get("search_s"),
-                     "final_finetune": st.get("final_finetune_s"), **ctx.timings},
-        "artifacts": {"onnx": "model.onnx", "baseline_onnx": "baseline.onnx",
-                      "pruned_model": "model_pruned/", "search_log": "search.jsonl"},
+        "timing_s": {
+            "total": wall_s,
+            "search": st.get("search_s"),
+            "final_finetune": st.get("final_finetune_s"),
+            **ctx.timings,
+        },
+        "artifacts": {
+            "onnx": "model.onnx",
+            "baseline_onnx": "baseline.onnx",
+            "pruned_model": "model_pruned/",
+            "search_log": "search.jsonl",
+        },
     }
 
 
@@ -196,10 +235,15 @@ def summary_table(report: dict[str, Any]) -> Table:
     t.add_row("p50 latency", f"{bp:.3f} ms", f"{fp:.3f} ms", f"{bp / fp:.2f}x faster")
     budget = report["goal"]["budget_ms"]
     if budget is not None:
-        t.add_row("budget", "", f"{budget:.3f} ms",
-                  "met" if report["goal"]["budget_met"] else "NOT met")
-    t.add_row("MACs", f"{b['macs'] / 1e6:.2f}M", f"{f['macs'] / 1e6:.2f}M",
-              f"{b['macs'] / max(f['macs'], 1):.2f}x fewer")
+        t.add_row(
+            "budget", "", f"{budget:.3f} ms", "met" if report["goal"]["budget_met"] else "NOT met"
+        )
+    t.add_row(
+        "MACs",
+        f"{b['macs'] / 1e6:.2f}M",
+        f"{f['macs'] / 1e6:.2f}M",
+        f"{b['macs'] / max(f['macs'], 1):.2f}x fewer",
+    )
     t.add_row("params", f"{b['params'] / 1e6:.3f}M", f"{f['params'] / 1e6:.3f}M", "")
     t.add_row("val top-1", acc(b, "val"), acc(f, "val"), "")
     t.add_row("test top-1", acc(b, "test"), acc(f, "test"), "")

@@ -115,8 +115,9 @@ def search_loop(ctx: _Run, checkpoint: tuple[dict[str, Any], dict[str, Any]] | N
         ctx.multiple = st["multiple"]
         if ctx.predictor is not None:
             for arch_ms in st["lut_samples"]:
-                ctx.predictor.calibrate_one(rebuild_arch(ctx, arch_ms["removed_base"]),
-                                            arch_ms["latency_ms"])
+                ctx.predictor.calibrate_one(
+                    rebuild_arch(ctx, arch_ms["removed_base"]), arch_ms["latency_ms"]
+                )
         ctx.console.print(f"[bold]resuming[/] after step {st['step']} ({st['phase']})")
     if st["phase"] != "search":
         return {**st, "model": model}
@@ -128,22 +129,29 @@ def search_loop(ctx: _Run, checkpoint: tuple[dict[str, Any], dict[str, Any]] | N
     if st["searcher"] is not None:
         searcher.load_state_dict(st["searcher"])
     reward = _reward_fn(
-        ctx, searcher, st["budget_ms"], ctx.base_groups.macs, ctx.base_groups.params,
+        ctx,
+        searcher,
+        st["budget_ms"],
+        ctx.base_groups.macs,
+        ctx.base_groups.params,
         st["baseline_ms"],
     )
     importance = _importance(ctx)
     t_search = time.perf_counter()
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=ctx.console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=ctx.console,
+        transient=False,
     ) as bar:
         task = bar.add_task("search", total=steps_estimate, completed=st["step"], info="")
         while not _goal_met(ctx, st):
             if st["step"] >= cfg.goal.max_steps:
                 st["stop_reason"] = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
                 break
-            done = _one_step(ctx, st, model, searcher, reward, importance, step_channels,
-                             bar, task)
+            done = _one_step(ctx, st, model, searcher, reward, importance, step_channels, bar, task)
             if done is None:
                 st["stop_reason"] = (
                     "every group is at its minimum width: the goal is out of reach for "
@@ -168,13 +176,14 @@ def rebuild_arch(ctx: _Run, removed_base: dict[str, list[int]]) -> nn.Module:
     return apply_removed(ctx.base, ctx.base_groups, removed, verify=False)
 
 
-def _evaluate(ctx: _Run, model: nn.Module, groups: Any, cand: Candidate, importance: Any,
-              reward: Any) -> tuple[Outcome, dict[str, Any]]:
+def _evaluate(
+    ctx: _Run, model: nn.Module, groups: Any, cand: Candidate, importance: Any, reward: Any
+) -> tuple[Outcome, dict[str, Any]]:
     plan = PruningPlan(keep=dict(cand.keep), channel_multiple=1)
     try:
         res = prune(model, groups, plan, importance)
     except Exception as exc:  # a candidate that cannot be built never becomes a choice
-        row = {"tag": cand.tag, "error": str(exc).splitlines()[0][:300]}
+        row: dict[str, Any] = {"tag": cand.tag, "error": str(exc).splitlines()[0][:300]}
         return Outcome(cand, float("-inf"), 0.0), row
     acc = ctx.proxy_accuracy(res.model)
     latency, source = _predict_ms(ctx, res.model)
@@ -194,8 +203,17 @@ def _evaluate(ctx: _Run, model: nn.Module, groups: Any, cand: Candidate, importa
     return Outcome(cand, r, acc, latency, macs, params), row
 
 
-def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, reward: Any,
-              importance: Any, step_channels: int, bar: Progress, task: Any) -> nn.Module | None:
+def _one_step(
+    ctx: _Run,
+    st: dict[str, Any],
+    model: nn.Module,
+    searcher: Any,
+    reward: Any,
+    importance: Any,
+    step_channels: int,
+    bar: Progress,
+    task: Any,
+) -> nn.Module | None:
     """One prune step; returns the new model, or None when nothing is left to prune."""
     groups = build_groups(model, ctx.example)
     from edgeprune.pipeline.compress import _check_same_groups, _widths
@@ -204,8 +222,9 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
     step = st["step"] + 1
     prev_acc = st["accuracy"]
     while True:  # repeated only when the collapse guard asks to redo the step
-        searcher.start_step(_widths(groups), step_channels, ctx.multiple,
-                            base_widths=_widths(ctx.base_groups))
+        searcher.start_step(
+            _widths(groups), step_channels, ctx.multiple, base_widths=_widths(ctx.base_groups)
+        )
         if getattr(searcher, "needs_scores", False):
             # Torch-Pruning's global magnitude pruning ranks by group L2 importance.
             l2 = get_importance("l2")
@@ -226,9 +245,14 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
                 st["log_rows"] += 1
                 n += 1
                 best = max(best, out.reward)
-                bar.update(task, description=f"step {step}", info=(
-                    f"{n} cand | best reward {best:.4f} | latency {st['latency_ms']:.3f} ms "
-                    f"vs budget {_fmt(st['budget_ms'])}"))
+                bar.update(
+                    task,
+                    description=f"step {step}",
+                    info=(
+                        f"{n} cand | best reward {best:.4f} | latency {st['latency_ms']:.3f} ms "
+                        f"vs budget {_fmt(st['budget_ms'])}"
+                    ),
+                )
             searcher.observe(outs)
         kept = searcher.choose()
         if kept.removed_channels == 0:
@@ -239,8 +263,9 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
         acc = ctx.proxy_accuracy(new)
         latency, _ = _predict_ms(ctx, new)
         macs, params = count_macs_params(new, ctx.example)
-        accepted = Outcome(kept, reward(Metrics(acc, latency, macs, params)), acc, latency,
-                           macs, params)
+        accepted = Outcome(
+            kept, reward(Metrics(acc, latency, macs, params)), acc, latency, macs, params
+        )
         if searcher.end_step(accepted, prev_acc):
             break
         st["redos"] += 1
@@ -248,8 +273,14 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
             f"step {step}: accuracy collapsed ({prev_acc:.3f} -> {acc:.3f}); policy reset, "
             "redoing the step"
         )
-    ft = distill_(new, ctx.base, ctx.data, ctx.config.finetune, ctx.config.finetune.step_epochs,
-                  seed=ctx.config.seed + step)
+    ft = distill_(
+        new,
+        ctx.base,
+        ctx.data,
+        ctx.config.finetune,
+        ctx.config.finetune.step_epochs,
+        seed=ctx.config.seed + step,
+    )
     measured = _measure_vs_baseline(ctx, new, st["baseline_ms"])
     # Survivors in base coordinates: what resume and the final save replay on a fresh base.
     for gid, ix in res.removed.items():
@@ -272,8 +303,11 @@ def _one_step(ctx: _Run, st: dict[str, Any], model: nn.Module, searcher: Any, re
         searcher=searcher.state_dict(),
     )
     st["lut_samples"].append(
-        {"removed_base": st["removed_base"], "latency_ms": measured["latency_ms"],
-         "predicted_ms": latency}
+        {
+            "removed_base": st["removed_base"],
+            "latency_ms": measured["latency_ms"],
+            "predicted_ms": latency,
+        }
     )
     st["steps"].append(
         {

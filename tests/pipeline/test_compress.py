@@ -99,7 +99,7 @@ def test_no_validation_data(tmp_path):
     np.savez(npz, x=rng.integers(0, 255, (2, 32, 32, 3), dtype=np.uint8), y=np.array([0, 1]))
     cfg = _config(tmp_path)
     cfg = RunConfig.validate_dict({**cfg.model_dump(), "data": {"source": str(npz)}})
-    with pytest.raises(EdgepruneError, match="val_fraction|validation"):
+    with pytest.raises(EdgepruneError, match=r"val_fraction|validation"):
         compress(cfg, tmp_path / "run")
 
 
