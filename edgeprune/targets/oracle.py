@@ -31,7 +31,7 @@ from edgeprune._io import append_jsonl, sha256_file
 from edgeprune.errors import OnnxModelError
 from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
 from edgeprune.targets.base import LatencyStats, Prepared, Target, require_available, target_for
-from edgeprune.targets.timing import block_settings, cpu_model, warmup_settings
+from edgeprune.targets.timing import block_settings, cpu_model, package_version, warmup_settings
 
 CACHE_VERSION = 1
 _SIG_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -100,15 +100,9 @@ def profile_fingerprint(profile: DeviceProfile, *, host: bool = True) -> str:
 
 
 def _runtime_version(runtime: str) -> str | None:
-    import importlib.metadata
-
-    dists = ("onnxruntime", "onnxruntime-gpu") if runtime == "onnxruntime" else ("tensorrt",)
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    if runtime == "onnxruntime":
+        return package_version("onnxruntime", ("onnxruntime", "onnxruntime-gpu"))
+    return package_version("tensorrt", ("tensorrt",))
 
 
 @dataclass(frozen=True)

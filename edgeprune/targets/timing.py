@@ -87,7 +87,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _version(module: str, dists: Sequence[str]) -> str | None:
+def package_version(module: str, dists: Sequence[str]) -> str | None:
+    """Version of an installed package (the imported module's if loaded), or None."""
     # Prefer the module already imported (the version actually in use); otherwise read the
     # installed metadata so that host_info never pays for importing torch.
     mod = sys.modules.get(module)
@@ -127,11 +128,11 @@ def host_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "onnxruntime": _version(
+        "onnxruntime": package_version(
             "onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
         ),
-        "torch": _version("torch", ("torch",)),
-        "numpy": _version("numpy", ("numpy",)),
+        "torch": package_version("torch", ("torch",)),
+        "numpy": package_version("numpy", ("numpy",)),
         "cpu_governor": _cpu_governor(),
         "load_avg_1m": load_1m,
     }
