@@ -69,6 +69,9 @@ def finish(ctx: _Run, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
     st["phase"] = "done"
     ctx.run.save_checkpoint(st, model.state_dict())
     ctx.console.print(summary_table(report))
+    if st["stop_reason"] != "goal met":
+        ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st['stop_reason']}")
+    ctx.console.print(f"report: {ctx.run.root / 'report.html'}")
     return report
 
 

@@ -1,0 +1,248 @@
+"""The CIFAR-10 peer benchmark's final measurement and its outputs.
+
+Every resulting ONNX (and the baseline's) is measured together in one interleaved
+benchmark run (``edgeprune.pipeline.benchmark.benchmark``), repeated; per model the median
+over repeats of p50 / p90 is reported, and the speedup is the median over repeats of the
+baseline's p50 / the model's p50 *in the same repeat*. The results dict is the source of
+truth; the Markdown table and the plot are rendered from it.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI; must precede the pyplot import
+
+import matplotlib.pyplot as plt
+
+from edgeprune.pipeline.benchmark import benchmark
+from edgeprune.profiles import DeviceProfile
+
+RESULTS_VERSION = 1
+BASELINE = "baseline"
+
+
+def final_benchmark(
+    onnx: Mapping[str, Path],
+    profile: DeviceProfile,
+    *,
+    repeats: int,
+    blocks: int | None,
+) -> dict[str, Any]:
+    """Measure all models ``repeats`` times in interleaved runs; medians per model.
+
+    Args:
+        onnx: Model name -> ONNX file; must contain :data:`BASELINE`.
+
+    Returns:
+        ``{"per_model": {name: {p50_ms, p90_ms, speedup, p50_ms_repeats, p90_ms_repeats,
+        cov_repeats, onnx_sha256}}, "repeats", "blocks", "hosts": [...]}``.
+    """
+    names = list(onnx)
+    runs = []
+    for i in range(repeats):
+        # Rotate the starting model too, so no model always opens a round.
+        order = names[i % len(names):] + names[: i % len(names)]
+        result = benchmark([onnx[n] for n in order], [profile], blocks=blocks, progress=True)
+        runs.append({n: e for n, e in zip(order, result.entries, strict=True)})
+    per_model: dict[str, dict[str, Any]] = {}
+    for n in names:
+        p50 = [r[n].latency.p50_ms for r in runs]
+        p90 = [r[n].latency.p90_ms for r in runs]
+        speed = [r[BASELINE].latency.p50_ms / r[n].latency.p50_ms for r in runs]
+        per_model[n] = {
+            "p50_ms": statistics.median(p50),
+            "p90_ms": statistics.median(p90),
+            "speedup": statistics.median(speed),
+            "p50_ms_repeats": p50,
+            "p90_ms_repeats": p90,
+            "speedup_repeats": speed,
+            "cov_repeats": [r[n].latency.cov for r in runs],
+            "iterations": sum(r[n].latency.count for r in runs),
+            "onnx_sha256": runs[0][n].onnx_sha256,
+        }
+    return {"repeats": repeats, "blocks": blocks or profile.measurement.blocks,
+            "per_model": per_model}  # fmt: skip
+
+
+def method_row(
+    name: str,
+    run: Any,
+    measured: Mapping[str, Any],
+    base_report: Mapping[str, Any],
+    step_epochs: int,
+) -> dict[str, Any]:
+    """One results row from a method run (:class:`cifar10_methods.MethodRun`) and its
+    final measurement."""
+    rep = run.report
+    base_macs = rep["baseline"]["macs"]
+    macs_ratio = base_macs / max(rep["final"]["macs"], 1)
+    steps = len(rep["search"]["steps"])
+    timing = rep["timing_s"]
+    fraction = run.fraction
+    return {
+        "method": run.method,
+        "model": name,
+        "budget_fraction": fraction,
+        "budget_ms": fraction * base_report["p50_ms"],
+        "meets_budget": measured["speedup"] >= 1.0 / fraction,
+        "test_top1": rep["final"]["accuracy"]["test"],
+        "val_top1": rep["final"]["accuracy"]["val"],
+        "p50_ms": measured["p50_ms"],
+        "p90_ms": measured["p90_ms"],
+        "speedup_measured": measured["speedup"],
+        "macs": rep["final"]["macs"],
+        "params": rep["final"]["params"],
+        "macs_ratio": macs_ratio,
+        "speedup_per_macs_ratio": measured["speedup"] / macs_ratio,
+        "goal": {k: rep["config"]["goal"][k] for k in ("speedup", "flops_ratio")},
+        "searcher": rep["config"]["search"]["searcher"],
+        "round_to_multiple": rep["config"]["search"]["round_to_multiple"],
+        "channel_multiple": rep["search"]["channel_multiple"],
+        "stop_reason": rep["goal"]["stop_reason"],
+        "steps": steps,
+        "candidates": len(rep["search"]["candidates"]),
+        "kd_epochs": steps * step_epochs + rep["config"]["finetune"]["final_epochs"],
+        "search_s": timing.get("search"),
+        "finetune_s": timing.get("final_finetune"),
+        "run_s": timing.get("total"),
+        "status": run.status,
+        "run_dir": str(run.run_dir),
+        "onnx_sha256": measured["onnx_sha256"],
+        "p50_ms_repeats": measured["p50_ms_repeats"],
+        "speedup_repeats": measured["speedup_repeats"],
+    }
+
+
+def winners(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict]:
+    """Per budget: the most accurate (test top-1) method among those that meet it."""
+    out = []
+    for f in fractions:
+        at = [r for r in rows if r["budget_fraction"] == f]
+        ok = sorted((r for r in at if r["meets_budget"]), key=lambda r: -r["test_top1"])
+        entry: dict[str, Any] = {"budget_fraction": f, "meeting": [r["method"] for r in ok]}
+        if ok:
+            entry.update(winner=ok[0]["method"], test_top1=ok[0]["test_top1"])
+            if len(ok) > 1:
+                entry.update(runner_up=ok[1]["method"],
+                             margin_pp=100 * (ok[0]["test_top1"] - ok[1]["test_top1"]))
+            edge = [r for r in at if r["method"] == "edgeprune"]
+            if edge and ok[0]["method"] != "edgeprune":
+                entry["edgeprune_gap_pp"] = 100 * (edge[0]["test_top1"] - ok[0]["test_top1"])
+        else:
+            entry["winner"] = None
+        out.append(entry)
+    return out
+
+
+# --------------------------------------------------------------------------------- render
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
+    """The results as Markdown (rendered from the results dict only)."""
+    env, base, st = res["environment"], res["baseline"], res["settings"]
+    lines = [
+        f"# CIFAR-10 {st['model']}: accuracy at equal measured latency"
+        + (" (SMOKE run: pipeline check, numbers meaningless)" if res["smoke"] else ""),
+        "",
+        f"Profile `{res['profile']['name']}` on {env['cpu_model']} ({env['logical_cores']} "
+        f"logical cores, load avg {env.get('load_avg_1m')}), onnxruntime {env['onnxruntime']}, "
+        f"torch {env['torch']}, torch-pruning {env.get('torch_pruning')}, edgeprune "
+        f"{env['edgeprune']} (commit {env.get('git_commit') or '-'}). Created {res['created']}.",
+        "",
+        f"Data: {res['data']['train']} train / {res['data']['val']} val / {res['data']['test']} "
+        f"test images. Baseline: {st['baseline_epochs']} epochs, test top-1 "
+        f"{_pct(base['test_top1'])}, p50 {base['p50_ms']:.3f} ms, p90 {base['p90_ms']:.3f} ms, "
+        f"{base['macs'] / 1e6:.2f}M MACs. Fine-tuning for every method: {st['step_epochs']} KD "
+        f"epoch(s) per step + {st['final_epochs']} final. Final latency: "
+        f"{res['final_benchmark']['repeats']} interleaved benchmark runs of all models "
+        f"({res['final_benchmark']['blocks']} blocks each), medians.",
+        "",
+        "| budget | method | test top-1 | p50 ms | p90 ms | meets | speedup (measured) | "
+        "MACs | MACs ratio | measured / MACs speedup | KD epochs | search s | fine-tune s |",
+        "|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {r['method']} | "
+            f"{_pct(r['test_top1'])} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"{'yes' if r['meets_budget'] else 'no'} | {r['speedup_measured']:.2f}x | "
+            f"{r['macs'] / 1e6:.2f}M | {r['macs_ratio']:.2f}x | {r['speedup_per_macs_ratio']:.2f} | "
+            f"{r['kd_epochs']} | {_s(r['search_s'])} | {_s(r['finetune_s'])} |"
+        )
+    lines += ["", "## Winner per budget (most accurate method whose measured p50 meets it)", ""]
+    for w in res["winners"]:
+        head = f"- {100 * w['budget_fraction']:.0f}% of the baseline p50: "
+        if w["winner"] is None:
+            lines.append(head + "no method met the budget in the final measurement.")
+            continue
+        text = f"**{w['winner']}** ({_pct(w['test_top1'])})"
+        if "runner_up" in w:
+            text += f", {w['margin_pp']:+.2f} pp over {w['runner_up']}"
+        if "edgeprune_gap_pp" in w:
+            text += f"; edgeprune is {w['edgeprune_gap_pp']:+.2f} pp from it"
+        lines.append(head + text + f" (met by: {', '.join(w['meeting'])}).")
+    t = res["timing_s"]
+    lines += [
+        "",
+        "## Wall time",
+        "",
+        "| phase | s |",
+        "|---|---:|",
+        *[f"| {k} | {v:.0f} |" for k, v in t.items() if isinstance(v, int | float)],
+        "",
+        "Search s includes the per-step KD epochs and per-step latency measurements; cached "
+        "runs show the time of the run that produced them.",
+        "",
+        f"![accuracy vs measured latency]({plot_name})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+COLORS = {"edgeprune": "tab:red", "rl-flops": "tab:purple", "uniform": "tab:green",
+          "magnitude": "tab:orange", "magnitude-rounded": "tab:brown"}  # fmt: skip
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+def plot_accuracy_vs_latency(res: Mapping[str, Any]) -> bytes:
+    """Test top-1 vs measured p50 of every method at every budget, baseline and budgets."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    fractions = [b["fraction"] for b in res["budgets"]]
+    for r in res["rows"]:
+        marker = MARKERS[fractions.index(r["budget_fraction"]) % len(MARKERS)]
+        ax.scatter(r["p50_ms"], 100 * (r["test_top1"] or 0.0), marker=marker, s=70,
+                   color=COLORS.get(r["method"], "tab:gray"), edgecolor="black", zorder=4,
+                   label=f"{r['method']} @ {100 * r['budget_fraction']:.0f}%")  # fmt: skip
+    base = res["baseline"]
+    if base["test_top1"] is not None:
+        ax.scatter(base["p50_ms"], 100 * base["test_top1"], marker="*", s=220, color="tab:blue",
+                   edgecolor="black", zorder=5, label="baseline")  # fmt: skip
+    for b, style in zip(res["budgets"], ("--", ":", "-."), strict=False):
+        ax.axvline(b["budget_ms"], color="crimson", linestyle=style, linewidth=1.1,
+                   label=f"budget {100 * b['fraction']:.0f}% ({b['budget_ms']:.3f} ms)")
+    ax.set_xlabel(f"measured p50 on {res['profile']['name']} (ms, median of "
+                  f"{res['final_benchmark']['repeats']} interleaved runs)")  # fmt: skip
+    ax.set_ylabel("test top-1 (%)")
+    title = f"CIFAR-10 {res['settings']['model']}: accuracy vs measured latency"
+    ax.set_title(title + (" (smoke)" if res["smoke"] else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
