@@ -32,11 +32,10 @@ from typing import Any
 import torch
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
 
-from cifar10_methods import (  # noqa: E402
+from cifar10_methods import (
     METHODS,
     SPECS,
     BenchSettings,
@@ -48,42 +47,58 @@ from cifar10_methods import (  # noqa: E402
     run_method,
     train_baseline,
 )
-from cifar10_results import (  # noqa: E402
+from cifar10_results import (
     BASELINE,
     RESULTS_VERSION,
     final_benchmark,
     method_row,
-    plot_accuracy_vs_latency,
-    render_markdown,
+    summary_table,
     winners,
+    write_outputs,
 )
 
-from edgeprune import __version__  # noqa: E402
-from edgeprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from edgeprune.errors import EdgepruneError  # noqa: E402
-from edgeprune.models import load_model  # noqa: E402
-from edgeprune.pipeline.benchmark import benchmark  # noqa: E402
-from edgeprune.pipeline.export import export_onnx  # noqa: E402
-from edgeprune.pipeline.groups import count_macs_params  # noqa: E402
-from edgeprune.profiles import DeviceProfile, load_profile  # noqa: E402
-from edgeprune.targets.oracle import profile_fingerprint  # noqa: E402
-from edgeprune.targets.timing import host_info  # noqa: E402
+from edgeprune import __version__
+from edgeprune._io import atomic_write_text
+from edgeprune.errors import EdgepruneError
+from edgeprune.models import load_model
+from edgeprune.pipeline.benchmark import benchmark
+from edgeprune.pipeline.export import export_onnx
+from edgeprune.pipeline.groups import count_macs_params
+from edgeprune.profiles import DeviceProfile, load_profile
+from edgeprune.targets.oracle import profile_fingerprint
+from edgeprune.targets.timing import host_info
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 # Tiny measurement loop for --smoke: the figures are noise, the pipeline is what is checked.
-SMOKE_MEASUREMENT = {"warmup_iters": 2, "warmup_ms": 0, "min_iters": 10,
-                     "min_duration_ms": 20, "blocks": 2}  # fmt: skip
+SMOKE_MEASUREMENT = {
+    "warmup_iters": 2,
+    "warmup_ms": 0,
+    "min_iters": 10,
+    "min_duration_ms": 20,
+    "blocks": 2,
+}
 
 
 def smoke_settings(archive: str) -> BenchSettings:
     """--smoke: 20 train / 10 test images per class, 1 epoch, 1-2 big prune steps."""
     return BenchSettings(
-        archive=archive, smoke_per_class=20, limit=None, baseline_epochs=1,
-        step_fraction=0.2, samples=2, rl_epochs=1, val_subset=50, bn_batches=1, max_steps=4,
-        step_epochs=1, final_epochs=1, repeats=5, blocks=2,
-    )  # fmt: skip
+        archive=archive,
+        smoke_per_class=20,
+        limit=None,
+        baseline_epochs=1,
+        step_fraction=0.2,
+        samples=2,
+        rl_epochs=1,
+        val_subset=50,
+        bn_batches=1,
+        max_steps=4,
+        step_epochs=1,
+        final_epochs=1,
+        repeats=5,
+        blocks=2,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,23 +106,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny pipeline check (CI, < 3 min)")
     p.add_argument("--out", type=Path, help="results folder (default bench/results[/smoke])")
-    p.add_argument("--cache", type=Path,
-                   help="baselines + runs ($EDGEPRUNE_CACHE/bench, else bench/.cache)")
+    p.add_argument(
+        "--cache", type=Path, help="baselines + runs ($EDGEPRUNE_CACHE/bench, else bench/.cache)"
+    )
     p.add_argument("--data", default=str(DEFAULT_ARCHIVE), help="cifar10-jpg.tar.gz")
     p.add_argument("--profile", default=d.profile, help="device profile name or YAML")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(d.methods))
-    p.add_argument("--budgets", nargs="+", type=float, default=list(d.budgets),
-                   help="latency budgets as fractions of the baseline p50")
-    p.add_argument("--limit", type=int, default=d.limit,
-                   help="training images incl. validation (0 = all); test capped alike")
+    p.add_argument(
+        "--budgets",
+        nargs="+",
+        type=float,
+        default=list(d.budgets),
+        help="latency budgets as fractions of the baseline p50",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=d.limit,
+        help="training images incl. validation (0 = all); test capped alike",
+    )
     p.add_argument("--epochs", type=int, default=d.baseline_epochs, help="baseline epochs")
     p.add_argument("--step-epochs", type=int, default=d.step_epochs, help="KD epochs per step")
     p.add_argument("--final-epochs", type=int, default=d.final_epochs, help="final KD epochs")
     p.add_argument("--step-fraction", type=float, default=d.step_fraction)
     p.add_argument("--samples", type=int, default=d.samples, help="RL candidates per epoch")
     p.add_argument("--rl-epochs", type=int, default=d.rl_epochs)
-    p.add_argument("--match", choices=("budget", "edgeprune"), default=d.match,
-                   help="MACs goal of uniform/magnitude: the budget fraction or edgeprune's MACs")
+    p.add_argument(
+        "--match",
+        choices=("budget", "edgeprune"),
+        default=d.match,
+        help="MACs goal of uniform/magnitude: the budget fraction or edgeprune's MACs",
+    )
     p.add_argument("--repeats", type=int, default=d.repeats, help="final benchmark runs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (1: see README)")
@@ -118,8 +147,12 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.smoke:
         return smoke_settings(args.data)
     methods = tuple(m for m in METHODS if m in args.methods)  # edgeprune first: others use it
-    needs_edge = [m for m in methods if SPECS[m].goal == "edgeprune-macs"
-                  or (SPECS[m].goal == "macs" and args.match == "edgeprune")]  # fmt: skip
+    needs_edge = [
+        m
+        for m in methods
+        if SPECS[m].goal == "edgeprune-macs"
+        or (SPECS[m].goal == "macs" and args.match == "edgeprune")
+    ]
     if needs_edge and "edgeprune" not in methods:
         raise EdgepruneError(
             f"{', '.join(needs_edge)} take their MACs target from edgeprune; add edgeprune to "
@@ -128,12 +161,22 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if any(not 0 < b < 1 for b in args.budgets):
         raise EdgepruneError(f"--budgets {args.budgets}: each must be a fraction in (0, 1)")
     return BenchSettings(
-        archive=args.data, limit=args.limit or None, baseline_epochs=args.epochs,
-        profile=args.profile, budgets=tuple(args.budgets), methods=methods, match=args.match,
-        step_fraction=args.step_fraction, samples=args.samples, rl_epochs=args.rl_epochs,
-        step_epochs=args.step_epochs, final_epochs=args.final_epochs, repeats=args.repeats,
-        seed=args.seed, threads=args.threads,
-    )  # fmt: skip
+        archive=args.data,
+        limit=args.limit or None,
+        baseline_epochs=args.epochs,
+        profile=args.profile,
+        budgets=tuple(args.budgets),
+        methods=methods,
+        match=args.match,
+        step_fraction=args.step_fraction,
+        samples=args.samples,
+        rl_epochs=args.rl_epochs,
+        step_epochs=args.step_epochs,
+        final_epochs=args.final_epochs,
+        repeats=args.repeats,
+        seed=args.seed,
+        threads=args.threads,
+    )
 
 
 def profile_ref(settings: BenchSettings, cache: Path, smoke: bool) -> str:
@@ -142,8 +185,11 @@ def profile_ref(settings: BenchSettings, cache: Path, smoke: bool) -> str:
         return settings.profile
     prof = load_profile(settings.profile).model_dump(mode="json")
     # Same runtime settings, so the fingerprint (and the latency LUT cache) is the real one's.
-    prof.update(name=f"{prof['name']}-smoke", measurement=SMOKE_MEASUREMENT,
-                description="smoke copy: tiny measurement loop")  # fmt: skip
+    prof.update(
+        name=f"{prof['name']}-smoke",
+        measurement=SMOKE_MEASUREMENT,
+        description="smoke copy: tiny measurement loop",
+    )
     path = cache / "smoke-profile.yaml"
     atomic_write_text(path, yaml.safe_dump(prof, sort_keys=False))
     return str(path)
@@ -155,16 +201,21 @@ def environment() -> dict[str, Any]:
     env["torch_pruning"] = importlib.metadata.version("torch-pruning")
     try:
         env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
     return env
 
 
-def measure_baseline(weights: Path, settings: BenchSettings, num_classes: int,
-                     profile: DeviceProfile, folder: Path) -> dict[str, Any]:
+def measure_baseline(
+    weights: Path, settings: BenchSettings, num_classes: int, profile: DeviceProfile, folder: Path
+) -> dict[str, Any]:
     """Export the baseline once and measure its p50 (the budgets are fractions of it)."""
     model = load_model(settings.model, num_classes, weights)
     onnx = folder / f"baseline-{profile_fingerprint(profile)}.onnx"
@@ -172,12 +223,12 @@ def measure_baseline(weights: Path, settings: BenchSettings, num_classes: int,
         export_onnx(model, profile, onnx)
     entry = benchmark([onnx], [profile], progress=False).entries[0]
     macs, params = count_macs_params(model, torch.zeros(1, *profile.input_shape))
-    return {"onnx": onnx, "p50_ms_at_start": entry.latency.p50_ms, "macs": macs,
-            "params": params}  # fmt: skip
+    return {"onnx": onnx, "p50_ms_at_start": entry.latency.p50_ms, "macs": macs, "params": params}
 
 
-def run(settings: BenchSettings, *, out: Path, cache: Path, smoke: bool,
-        console: Console) -> dict[str, Any]:
+def run(
+    settings: BenchSettings, *, out: Path, cache: Path, smoke: bool, console: Console
+) -> dict[str, Any]:
     """The whole benchmark; returns the results dict (also written to ``out``)."""
     t0 = time.perf_counter()
     torch.set_num_threads(settings.threads)
@@ -194,16 +245,26 @@ def run(settings: BenchSettings, *, out: Path, cache: Path, smoke: bool,
     base = train_baseline(settings, info, cache, console)
     timings["baseline_train"] = time.perf_counter() - t
     t = time.perf_counter()
-    bm = measure_baseline(base.weights, settings, info.data.num_classes, profile,
-                          base.weights.parent)  # fmt: skip
+    bm = measure_baseline(
+        base.weights, settings, info.data.num_classes, profile, base.weights.parent
+    )
     timings["baseline_measure"] = time.perf_counter() - t
-    console.print(f"baseline p50 {bm['p50_ms_at_start']:.3f} ms on {profile.name}, "
-                  f"test top-1 {base.test_top1}")  # fmt: skip
+    console.print(
+        f"baseline p50 {bm['p50_ms_at_start']:.3f} ms on {profile.name}, "
+        f"test top-1 {base.test_top1}"
+    )
 
-    # Everything that shapes the runs names their folder; the final-measurement settings
-    # (repeats, blocks) do not, so re-measuring never re-runs a method.
-    key = digest({**settings.to_dict(), "repeats": None, "blocks": None, "baseline": base.key,
-                  "profile": profile.model_dump(mode="json")})  # fmt: skip
+    # The settings that shape the runs name their folder; the method list, the budgets
+    # (each run has its own subfolder) and the final-measurement settings do not, so adding
+    # a method or re-measuring never re-runs the others.
+    key = digest(
+        {
+            **settings.to_dict(),
+            **dict.fromkeys(("methods", "budgets", "repeats", "blocks")),
+            "baseline": base.key,
+            "profile": profile.model_dump(mode="json"),
+        }
+    )
     root = cache / "runs" / f"{settings.model}-{key}"
     runs = []
     t = time.perf_counter()
@@ -212,12 +273,17 @@ def run(settings: BenchSettings, *, out: Path, cache: Path, smoke: bool,
         for method in settings.methods:
             console.rule(f"[bold]{method}[/] at {100 * fraction:.0f}% of the baseline p50")
             cfg = method_config(
-                settings, method, fraction, profile=prof_ref, source=info.source,
+                settings,
+                method,
+                fraction,
+                profile=prof_ref,
+                source=info.source,
                 weights=base.weights,
                 flops_ratio=macs_goal(method, fraction, settings, edge_report),
-            )  # fmt: skip
-            mr = run_method(method, fraction, cfg, root / f"{method}-b{budget_tag(fraction)}",
-                            console)  # fmt: skip
+            )
+            mr = run_method(
+                method, fraction, cfg, root / f"{method}-b{budget_tag(fraction)}", console
+            )
             console.print(f"{method} @ {100 * fraction:.0f}%: {mr.status} in {mr.wall_s:.0f} s")
             if method == "edgeprune":
                 edge_report = mr.report
@@ -238,11 +304,19 @@ def run(settings: BenchSettings, *, out: Path, cache: Path, smoke: bool,
     timings["final_benchmark"] = time.perf_counter() - t
 
     base_m = fb["per_model"][BASELINE]
-    base_row = {"test_top1": base.test_top1, "val_top1": base.val_top1, "p50_ms": base_m["p50_ms"],
-                "p90_ms": base_m["p90_ms"], "p50_ms_at_start": bm["p50_ms_at_start"],
-                "macs": bm["macs"], "params": bm["params"], "train_s": base.train_s,
-                "cached": base.cached, "key": base.key,
-                "onnx_sha256": base_m["onnx_sha256"]}  # fmt: skip
+    base_row = {
+        "test_top1": base.test_top1,
+        "val_top1": base.val_top1,
+        "p50_ms": base_m["p50_ms"],
+        "p90_ms": base_m["p90_ms"],
+        "p50_ms_at_start": bm["p50_ms_at_start"],
+        "macs": bm["macs"],
+        "params": bm["params"],
+        "train_s": base.train_s,
+        "cached": base.cached,
+        "key": base.key,
+        "onnx_sha256": base_m["onnx_sha256"],
+    }
     rows = [
         method_row(name, mr, fb["per_model"][name], base_row, settings.step_epochs)
         for name, mr in zip(list(onnx)[1:], runs, strict=True)
@@ -259,9 +333,14 @@ def run(settings: BenchSettings, *, out: Path, cache: Path, smoke: bool,
         "profile": profile.model_dump(mode="json"),
         "data": {"source": str(info.source), **info.data.summary()},
         "baseline": base_row,
-        "budgets": [{"fraction": f, "budget_ms": f * base_m["p50_ms"],
-                     "budget_ms_at_start": f * bm["p50_ms_at_start"]}
-                    for f in settings.budgets],  # fmt: skip
+        "budgets": [
+            {
+                "fraction": f,
+                "budget_ms": f * base_m["p50_ms"],
+                "budget_ms_at_start": f * bm["p50_ms_at_start"],
+            }
+            for f in settings.budgets
+        ],
         "rows": rows,
         "winners": winners(rows, settings.budgets),
         "final_benchmark": {k: v for k, v in fb.items() if k != "per_model"},
@@ -272,30 +351,6 @@ def run(settings: BenchSettings, *, out: Path, cache: Path, smoke: bool,
     console.print(summary_table(results))
     console.print(f"wrote {out} in {timings['total']:.0f} s")
     return results
-
-
-def write_outputs(results: dict[str, Any], out: Path) -> None:
-    """JSON (source of truth), then Markdown and the plot rendered from it."""
-    stem = f"cifar10_{results['settings']['model']}"
-    plot = f"{stem}_accuracy_vs_latency.png"
-    atomic_write_json(out / f"{stem}.json", results)
-    atomic_write_bytes(out / plot, plot_accuracy_vs_latency(results))
-    atomic_write_text(out / f"{stem}.md", render_markdown(results, plot))
-
-
-def summary_table(res: dict[str, Any]) -> Table:
-    t = Table(title="accuracy at measured latency")
-    for col in ("budget", "method", "test top-1", "p50 ms", "meets", "speedup", "MACs ratio"):
-        t.add_column(col, justify="left" if col in ("budget", "method") else "right")
-    b = res["baseline"]
-    t.add_row("-", "baseline", f"{100 * (b['test_top1'] or 0):.2f}%", f"{b['p50_ms']:.3f}",
-              "", "1.00x", "1.00x")  # fmt: skip
-    for r in res["rows"]:
-        t.add_row(f"{100 * r['budget_fraction']:.0f}%", r["method"],
-                  f"{100 * (r['test_top1'] or 0):.2f}%", f"{r['p50_ms']:.3f}",
-                  "yes" if r["meets_budget"] else "[yellow]no[/]",
-                  f"{r['speedup_measured']:.2f}x", f"{r['macs_ratio']:.2f}x")  # fmt: skip
-    return t
 
 
 def default_cache() -> Path:

@@ -112,7 +112,7 @@ class BenchSettings:
     bn_batches: int = 4
     max_steps: int = 40
     step_epochs: int = 0
-    final_epochs: int = 5
+    final_epochs: int = 8
     repeats: int = 5
     blocks: int | None = None
     seed: int = 0
@@ -188,9 +188,9 @@ def prepare_data(settings: BenchSettings, cache: Path) -> DataInfo:
         raise DataError(
             f"CIFAR-10 archive {archive} does not exist; pass --data PATH to cifar10-jpg.tar.gz"
         )
+    t = time.perf_counter()
     if settings.smoke_per_class:
         archive = smoke_archive(archive, settings.smoke_per_class, cache)
-    t = time.perf_counter()
     extract_archive(archive)
     extract_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -234,8 +234,9 @@ def train_baseline(
     if weights.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         console.print(f"baseline {settings.model} [green]cached[/] ({folder})")
-        return BaselineInfo(key, weights, meta["val_top1"], meta["test_top1"], meta["train_s"],
-                            cached=True)  # fmt: skip
+        return BaselineInfo(
+            key, weights, meta["val_top1"], meta["test_top1"], meta["train_s"], cached=True
+        )
     data = info.data
     model = load_model(settings.model, data.num_classes)
     console.print(
@@ -307,8 +308,9 @@ def method_config(
     )
 
 
-def macs_goal(method: str, fraction: float, settings: BenchSettings,
-              edgeprune_report: dict[str, Any] | None) -> float | None:
+def macs_goal(
+    method: str, fraction: float, settings: BenchSettings, edgeprune_report: dict[str, Any] | None
+) -> float | None:
     """The MACs ratio a non-latency method aims at (None for the latency method)."""
     goal = SPECS[method].goal
     if goal == "latency":
@@ -333,8 +335,9 @@ class MethodRun:
     wall_s: float
 
 
-def run_method(method: str, fraction: float, config: RunConfig, run_dir: Path,
-               console: Console) -> MethodRun:
+def run_method(
+    method: str, fraction: float, config: RunConfig, run_dir: Path, console: Console
+) -> MethodRun:
     """Run ``config`` in ``run_dir``: reuse a finished run, resume a started one, else start.
 
     A directory whose config differs from ``config`` (a changed MACs target, say) is

@@ -20,7 +20,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI; must precede the pyplot import
 
 import matplotlib.pyplot as plt
+from rich.table import Table
 
+from edgeprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgeprune.pipeline.benchmark import benchmark
 from edgeprune.profiles import DeviceProfile
 
@@ -48,7 +50,7 @@ def final_benchmark(
     runs = []
     for i in range(repeats):
         # Rotate the starting model too, so no model always opens a round.
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         result = benchmark([onnx[n] for n in order], [profile], blocks=blocks, progress=True)
         runs.append({n: e for n, e in zip(order, result.entries, strict=True)})
     per_model: dict[str, dict[str, Any]] = {}
@@ -67,8 +69,11 @@ def final_benchmark(
             "iterations": sum(r[n].latency.count for r in runs),
             "onnx_sha256": runs[0][n].onnx_sha256,
         }
-    return {"repeats": repeats, "blocks": blocks or profile.measurement.blocks,
-            "per_model": per_model}  # fmt: skip
+    return {
+        "repeats": repeats,
+        "blocks": blocks or profile.measurement.blocks,
+        "per_model": per_model,
+    }
 
 
 def method_row(
@@ -130,8 +135,10 @@ def winners(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> li
         if ok:
             entry.update(winner=ok[0]["method"], test_top1=ok[0]["test_top1"])
             if len(ok) > 1:
-                entry.update(runner_up=ok[1]["method"],
-                             margin_pp=100 * (ok[0]["test_top1"] - ok[1]["test_top1"]))
+                entry.update(
+                    runner_up=ok[1]["method"],
+                    margin_pp=100 * (ok[0]["test_top1"] - ok[1]["test_top1"]),
+                )
             edge = [r for r in at if r["method"] == "edgeprune"]
             if edge and ok[0]["method"] != "edgeprune":
                 entry["edgeprune_gap_pp"] = 100 * (edge[0]["test_top1"] - ok[0]["test_top1"])
@@ -148,6 +155,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def _s(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
@@ -160,7 +171,8 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         + (" (SMOKE run: pipeline check, numbers meaningless)" if res["smoke"] else ""),
         "",
         f"Profile `{res['profile']['name']}` on {env['cpu_model']} ({env['logical_cores']} "
-        f"logical cores, load avg {env.get('load_avg_1m')}), onnxruntime {env['onnxruntime']}, "
+        f"logical cores, 1-min load avg {_num(env.get('load_avg_1m'))}), "
+        f"onnxruntime {env['onnxruntime']}, "
         f"torch {env['torch']}, torch-pruning {env.get('torch_pruning')}, edgeprune "
         f"{env['edgeprune']} (commit {env.get('git_commit') or '-'}). Created {res['created']}.",
         "",
@@ -181,7 +193,8 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
             f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {r['method']} | "
             f"{_pct(r['test_top1'])} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
             f"{'yes' if r['meets_budget'] else 'no'} | {r['speedup_measured']:.2f}x | "
-            f"{r['macs'] / 1e6:.2f}M | {r['macs_ratio']:.2f}x | {r['speedup_per_macs_ratio']:.2f} | "
+            f"{r['macs'] / 1e6:.2f}M | {r['macs_ratio']:.2f}x | "
+            f"{r['speedup_per_macs_ratio']:.2f} | "
             f"{r['kd_epochs']} | {_s(r['search_s'])} | {_s(r['finetune_s'])} |"
         )
     lines += ["", "## Winner per budget (most accurate method whose measured p50 meets it)", ""]
@@ -191,7 +204,9 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
             lines.append(head + "no method met the budget in the final measurement.")
             continue
         text = f"**{w['winner']}** ({_pct(w['test_top1'])})"
-        if "runner_up" in w:
+        if "runner_up" in w and abs(w["margin_pp"]) < 1e-9:
+            text += f", tied with {w['runner_up']}"
+        elif "runner_up" in w:
             text += f", {w['margin_pp']:+.2f} pp over {w['runner_up']}"
         if "edgeprune_gap_pp" in w:
             text += f"; edgeprune is {w['edgeprune_gap_pp']:+.2f} pp from it"
@@ -214,8 +229,13 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
     return "\n".join(lines)
 
 
-COLORS = {"edgeprune": "tab:red", "rl-flops": "tab:purple", "uniform": "tab:green",
-          "magnitude": "tab:orange", "magnitude-rounded": "tab:brown"}  # fmt: skip
+COLORS = {
+    "edgeprune": "tab:red",
+    "rl-flops": "tab:purple",
+    "uniform": "tab:green",
+    "magnitude": "tab:orange",
+    "magnitude-rounded": "tab:brown",
+}
 MARKERS = ("o", "s", "^", "D", "v")
 
 
@@ -225,18 +245,40 @@ def plot_accuracy_vs_latency(res: Mapping[str, Any]) -> bytes:
     fractions = [b["fraction"] for b in res["budgets"]]
     for r in res["rows"]:
         marker = MARKERS[fractions.index(r["budget_fraction"]) % len(MARKERS)]
-        ax.scatter(r["p50_ms"], 100 * (r["test_top1"] or 0.0), marker=marker, s=70,
-                   color=COLORS.get(r["method"], "tab:gray"), edgecolor="black", zorder=4,
-                   label=f"{r['method']} @ {100 * r['budget_fraction']:.0f}%")  # fmt: skip
+        ax.scatter(
+            r["p50_ms"],
+            100 * (r["test_top1"] or 0.0),
+            marker=marker,
+            s=70,
+            color=COLORS.get(r["method"], "tab:gray"),
+            edgecolor="black",
+            zorder=4,
+            label=f"{r['method']} @ {100 * r['budget_fraction']:.0f}%",
+        )
     base = res["baseline"]
     if base["test_top1"] is not None:
-        ax.scatter(base["p50_ms"], 100 * base["test_top1"], marker="*", s=220, color="tab:blue",
-                   edgecolor="black", zorder=5, label="baseline")  # fmt: skip
+        ax.scatter(
+            base["p50_ms"],
+            100 * base["test_top1"],
+            marker="*",
+            s=220,
+            color="tab:blue",
+            edgecolor="black",
+            zorder=5,
+            label="baseline",
+        )
     for b, style in zip(res["budgets"], ("--", ":", "-."), strict=False):
-        ax.axvline(b["budget_ms"], color="crimson", linestyle=style, linewidth=1.1,
-                   label=f"budget {100 * b['fraction']:.0f}% ({b['budget_ms']:.3f} ms)")
-    ax.set_xlabel(f"measured p50 on {res['profile']['name']} (ms, median of "
-                  f"{res['final_benchmark']['repeats']} interleaved runs)")  # fmt: skip
+        ax.axvline(
+            b["budget_ms"],
+            color="crimson",
+            linestyle=style,
+            linewidth=1.1,
+            label=f"budget {100 * b['fraction']:.0f}% ({b['budget_ms']:.3f} ms)",
+        )
+    ax.set_xlabel(
+        f"measured p50 on {res['profile']['name']} (ms, median of "
+        f"{res['final_benchmark']['repeats']} interleaved runs)"
+    )
     ax.set_ylabel("test top-1 (%)")
     title = f"CIFAR-10 {res['settings']['model']}: accuracy vs measured latency"
     ax.set_title(title + (" (smoke)" if res["smoke"] else ""))
@@ -246,3 +288,40 @@ def plot_accuracy_vs_latency(res: Mapping[str, Any]) -> bytes:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """JSON (source of truth), then Markdown and the plot rendered from it."""
+    stem = f"cifar10_{results['settings']['model']}"
+    plot = f"{stem}_accuracy_vs_latency.png"
+    atomic_write_json(out / f"{stem}.json", results)
+    atomic_write_bytes(out / plot, plot_accuracy_vs_latency(results))
+    atomic_write_text(out / f"{stem}.md", render_markdown(results, plot))
+
+
+def summary_table(res: dict[str, Any]) -> Table:
+    """Baseline and every row, for the terminal."""
+    t = Table(title="accuracy at measured latency")
+    for col in ("budget", "method", "test top-1", "p50 ms", "meets", "speedup", "MACs ratio"):
+        t.add_column(col, justify="left" if col in ("budget", "method") else "right")
+    b = res["baseline"]
+    t.add_row(
+        "-",
+        "baseline",
+        f"{100 * (b['test_top1'] or 0):.2f}%",
+        f"{b['p50_ms']:.3f}",
+        "",
+        "1.00x",
+        "1.00x",
+    )
+    for r in res["rows"]:
+        t.add_row(
+            f"{100 * r['budget_fraction']:.0f}%",
+            r["method"],
+            f"{100 * (r['test_top1'] or 0):.2f}%",
+            f"{r['p50_ms']:.3f}",
+            "yes" if r["meets_budget"] else "[yellow]no[/]",
+            f"{r['speedup_measured']:.2f}x",
+            f"{r['macs_ratio']:.2f}x",
+        )
+    return t

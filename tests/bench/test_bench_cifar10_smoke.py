@@ -1,0 +1,94 @@
+"""The CIFAR-10 peer benchmark's ``--smoke`` mode: the pipeline end to end, not its numbers.
+
+Runs ``python bench/bench_cifar10.py --smoke`` into a temporary folder (tiny CIFAR subset,
+1 epoch, 1-2 big prune steps, tiny measurement loop), checks the results JSON, the
+Markdown and the plot, then runs it again to check that every run comes from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bench" / "bench_cifar10.py"
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+METHODS = {"edgeprune", "rl-flops", "uniform", "magnitude", "magnitude-rounded"}
+BUDGETS = {0.5, 0.35}
+
+
+def _smoke(out: Path, cache: Path) -> tuple[dict, float]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--cache", str(cache)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "cifar10_resnet20.json").read_text()), time.perf_counter() - start
+
+
+def _check_row(row: dict, base: dict, res: dict) -> None:
+    name = f"{row['method']}@{row['budget_fraction']}"
+    assert 0.0 <= row["test_top1"] <= 1.0, name
+    assert 0.0 < row["p50_ms"] <= row["p90_ms"], name
+    assert 0 < row["macs"] < base["macs"], name
+    assert row["macs_ratio"] == pytest.approx(base["macs"] / row["macs"]), name
+    assert row["speedup_measured"] > 0, name
+    assert row["meets_budget"] == (row["speedup_measured"] >= 1 / row["budget_fraction"]), name
+    assert row["budget_ms"] == pytest.approx(row["budget_fraction"] * base["p50_ms"]), name
+    assert row["search_s"] >= 0 and row["finetune_s"] >= 0 and row["run_s"] > 0, name
+    st = res["settings"]
+    assert row["kd_epochs"] == row["steps"] * st["step_epochs"] + st["final_epochs"], name
+    assert len(row["p50_ms_repeats"]) == st["repeats"], name
+    assert row["round_to_multiple"] is (row["method"] != "magnitude"), name
+
+
+@pytest.mark.slow
+def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
+    if not ARCHIVE.is_file():
+        pytest.skip(f"needs the CIFAR-10 archive at {ARCHIVE}")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    res, wall_s = _smoke(out, cache)
+    assert wall_s < 180, f"smoke took {wall_s:.0f} s; it must stay under 3 minutes"
+
+    assert res["smoke"] is True and res["kind"] == "bench-cifar10"
+    pairs = [(r["method"], r["budget_fraction"]) for r in res["rows"]]
+    assert sorted(pairs) == sorted((m, b) for m in METHODS for b in BUDGETS)
+    base = res["baseline"]
+    assert 0.0 <= base["test_top1"] <= 1.0 and base["p50_ms"] > 0 and not base["cached"]
+    for row in res["rows"]:
+        _check_row(row, base, res)
+        assert row["status"] == "ran"
+    # rl-flops aims at the MACs edgeprune reached at the same budget.
+    by = {(r["method"], r["budget_fraction"]): r for r in res["rows"]}
+    for b in BUDGETS:
+        edge = by[("edgeprune", b)]
+        assert by[("rl-flops", b)]["goal"]["flops_ratio"] == pytest.approx(
+            min(edge["macs"] / base["macs"], 0.999)
+        )
+        assert edge["goal"]["speedup"] == pytest.approx(1 / b)
+    assert {w["budget_fraction"] for w in res["winners"]} == BUDGETS
+    env = res["environment"]
+    for key in ("cpu_model", "onnxruntime", "torch", "torch_pruning", "edgeprune"):
+        assert env[key], key
+    assert res["timing_s"]["total"] > 0 and res["final_benchmark"]["repeats"] == 5
+
+    md = (out / "cifar10_resnet20.md").read_text()
+    assert md.count("\n| 50% (") == len(METHODS) and md.count("\n| 35% (") == len(METHODS)
+    assert "cifar10_resnet20_accuracy_vs_latency.png" in md
+    png = (out / "cifar10_resnet20_accuracy_vs_latency.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+    # A rerun trains nothing and runs no method again; it only re-measures.
+    again, _ = _smoke(tmp_path / "out2", cache)
+    assert again["baseline"]["cached"]
+    assert {r["status"] for r in again["rows"]} == {"cached"}
+    assert [r["test_top1"] for r in again["rows"]] == [r["test_top1"] for r in res["rows"]]
