@@ -11,10 +11,7 @@ committed to ``checkpoint/`` before the next begins, so ``--resume`` never redoe
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +19,19 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.config import RunConfig
 from edgeprune.data import DataSplits, iterate_batches, load_data
 from edgeprune.errors import SearchError
 from edgeprune.models import ModelSpec, load_model
-from edgeprune.pipeline.groups import GroupSet, build_groups
-from edgeprune.pipeline.importance import TaylorImportance, get_importance
-from edgeprune.pipeline.prune import apply_removed
-from edgeprune.pipeline.reward import Metrics, RewardSettings, make_reward
+from edgeprune.pipeline.finish import finish
+from edgeprune.pipeline.groups import build_groups
+from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.run_dir import RunDir
-from edgeprune.pipeline.search import Searcher
-from edgeprune.pipeline.train import evaluate, train
-from edgeprune.profiles import DeviceProfile, load_profile
+from edgeprune.pipeline.search_loop import search_loop
+from edgeprune.pipeline.train import train
+from edgeprune.profiles import load_profile
 from edgeprune.targets.base import require_available, target_for
 from edgeprune.targets.oracle import LatencyOracle
-
-
-@dataclass
-class _Run:
-    """Everything a run needs that is not in its checkpoint (rebuilt on resume)."""
-
-    config: RunConfig
-    run: RunDir
-    data: DataSplits
-    profile: DeviceProfile
-    spec: ModelSpec
-    base: nn.Module  # the unpruned model: teacher and latency reference
-    base_groups: GroupSet
-    example: torch.Tensor
-    oracle: LatencyOracle
-    predictor: Any  # LatencyLUT or None
-    multiple: int
-    bn_inputs: list[torch.Tensor]
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    console: Console
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def proxy_accuracy(self, model: nn.Module) -> float:
-        """Top-1 on the validation subset after adaptive BN re-estimation (EagleEye)."""
-        if self.bn_inputs:
-            reestimate_bn_(model, self.bn_inputs)
-        return evaluate(model, self.val_x, self.val_y, self.data.mean, self.data.std)
 
 
 def compress(
@@ -86,16 +53,14 @@ def compress(
     t0 = time.perf_counter()
     ctx = _setup(config, run, console)
     checkpoint = run.load_checkpoint() if resume else None
-    state = _search(ctx, checkpoint)
-    from edgeprune.pipeline.finish import finish
-
-    return finish(ctx, state, wall_s=time.perf_counter() - t0 + state.get("wall_s_before", 0.0))
+    state = search_loop(ctx, checkpoint)
+    return finish(ctx, state, wall_s=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- setup
 
 
-def _setup(config: RunConfig, run: RunDir, console: Console) -> _Run:
+def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
     data = load_data(
         config.data.source,
         val_fraction=config.data.val_fraction,
@@ -149,7 +114,7 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> _Run:
         )
     ]
     n_val = min(config.search.val_subset, data.val_x.shape[0])
-    ctx = _Run(
+    ctx = RunContext(
         config=config,
         run=run,
         data=data,
@@ -195,104 +160,3 @@ def _baseline(
 
 
 # ---------------------------------------------------------------------------- search
-
-
-def budget_from(config: RunConfig, baseline_ms: float) -> float | None:
-    """The latency budget in ms (None for sparsity / FLOPs goals without one)."""
-    goal = config.goal
-    if goal.budget_ms is not None:
-        return goal.budget_ms
-    if goal.speedup is not None:
-        return baseline_ms / goal.speedup
-    return None
-
-
-def _reward_fn(
-    ctx: _Run,
-    searcher: Searcher,
-    budget_ms: float | None,
-    base_macs: int,
-    base_params: int,
-    baseline_ms: float,
-) -> Callable[[Metrics], float]:
-    cfg = ctx.config.search.reward
-    kind = searcher.reward_kind if ctx.config.search.searcher != "rl" else cfg.kind
-    if kind == "latency" and budget_ms is None:
-        # Paper-style goals: steer towards the latency the MACs target implies.
-        ratio = ctx.config.goal.flops_ratio or (1 - (ctx.config.goal.sparsity or 0.5)) ** 2
-        budget_ms = baseline_ms * ratio
-    settings = RewardSettings(
-        kind=kind,
-        budget_ms=budget_ms,
-        w=cfg.w,
-        mode=cfg.mode,
-        flops_coef=cfg.coef,
-        params_coef=cfg.coef,
-        base_macs=base_macs,
-        base_params=base_params,
-    )
-    return make_reward(settings)
-
-
-def _importance(ctx: _Run) -> Any:
-    name = ctx.config.search.criterion
-    if name != "taylor":
-        return get_importance(name)
-    gen = torch.Generator().manual_seed(ctx.config.seed)
-    n = 64 * max(ctx.config.search.bn_batches, 2)
-    return TaylorImportance(
-        lambda: iterate_batches(
-            ctx.data.train_x[:n],
-            ctx.data.train_y[:n],
-            64,
-            shuffle=False,
-            augment=False,
-            generator=gen,
-            mean=ctx.data.mean,
-            std=ctx.data.std,
-        )
-    )
-
-
-def estimate_steps(config: RunConfig, budget_ms: float | None, baseline_ms: float) -> int:
-    """Rough number of prune steps the goal needs (sets the epsilon decay schedule).
-
-    Conv cost scales with c_in x c_out, so keeping a fraction k of channels everywhere
-    costs about k^2: a latency ratio r needs about 1 - sqrt(r) of the channels removed.
-    """
-    goal = config.goal
-    if goal.sparsity is not None:
-        frac = goal.sparsity
-    elif goal.flops_ratio is not None:
-        frac = 1 - goal.flops_ratio**0.5
-    else:
-        frac = 1 - (min(budget_ms or baseline_ms, baseline_ms) / baseline_ms) ** 0.5
-    return max(1, min(goal.max_steps, round(frac / config.search.step_fraction)))
-
-
-def _widths(groups: GroupSet) -> dict[int, int]:
-    return {g.id: g.width for g in groups.prunable}
-
-
-def _check_same_groups(base: GroupSet, now: GroupSet) -> None:
-    if [g.name for g in base.prunable] != [g.name for g in now.prunable]:
-        raise SearchError(
-            "the pruned model's channel groups no longer match the base model's; "
-            "this model is not supported by multi-step pruning (please report it)"
-        )
-
-
-def _search(ctx: _Run, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None) -> dict[str, Any]:
-    from edgeprune.pipeline.search_loop import search_loop
-
-    return search_loop(ctx, checkpoint)
-
-
-def rebuild(ctx: _Run, removed_base: dict[int, list[int]], weights: dict[str, Any]) -> nn.Module:
-    """The pruned model of a checkpoint: base + removed channels (base coordinates) + weights."""
-    removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
-    model = (
-        apply_removed(ctx.base, ctx.base_groups, removed) if removed else copy.deepcopy(ctx.base)
-    )
-    model.load_state_dict(weights)
-    return model.eval()

@@ -26,13 +26,13 @@ from edgeprune.targets.timing import host_info
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgeprune.pipeline.compress import _Run
+    from edgeprune.pipeline.run_context import RunContext
 
 REPORT_VERSION = 1
 FINAL_BLOCKS = 7
 
 
-def finish(ctx: _Run, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
+def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
     model: nn.Module = st.pop("model")
     cfg = ctx.config
     if st["phase"] == "finetune":
@@ -75,13 +75,13 @@ def finish(ctx: _Run, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
     return report
 
 
-def _accuracies(ctx: _Run, model: nn.Module) -> dict[str, float | None]:
+def _accuracies(ctx: RunContext, model: nn.Module) -> dict[str, float | None]:
     d = ctx.data
     test = evaluate(model, d.test_x, d.test_y, d.mean, d.std) if d.test_x.shape[0] else None
     return {"val": evaluate(model, d.val_x, d.val_y, d.mean, d.std), "test": test}
 
 
-def _channels(ctx: _Run, st: dict[str, Any]) -> list[dict[str, Any]]:
+def _channels(ctx: RunContext, st: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for g in ctx.base_groups:
         gone = len(st["removed_base"].get(str(g.id), ()))
@@ -98,7 +98,7 @@ def _channels(ctx: _Run, st: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _report(
-    ctx: _Run,
+    ctx: RunContext,
     st: dict[str, Any],
     model: nn.Module,
     cmp: Any,
@@ -215,7 +215,7 @@ def _export_dict(info: Any) -> dict[str, Any]:
     return d
 
 
-def _render(ctx: _Run) -> None:
+def _render(ctx: RunContext) -> None:
     """report.md / report.html / plots, rendered from report.json."""
     from edgeprune.report import render_run
 

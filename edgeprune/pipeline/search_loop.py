@@ -8,27 +8,114 @@ Then the step is committed to the checkpoint.
 
 from __future__ import annotations
 
+import copy
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
+from edgeprune.config import RunConfig
+from edgeprune.data import iterate_batches
 from edgeprune.errors import SearchError
 from edgeprune.pipeline.finetune import distill_
-from edgeprune.pipeline.groups import build_groups, count_macs_params
-from edgeprune.pipeline.importance import get_importance
+from edgeprune.pipeline.groups import GroupSet, build_groups, count_macs_params
+from edgeprune.pipeline.importance import TaylorImportance, get_importance
 from edgeprune.pipeline.plan import PruningPlan
 from edgeprune.pipeline.prune import prune
-from edgeprune.pipeline.reward import Metrics
-from edgeprune.pipeline.search import Candidate, Outcome, make_searcher
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from edgeprune.pipeline.compress import _Run
+from edgeprune.pipeline.reward import Metrics, RewardSettings, make_reward
+from edgeprune.pipeline.run_context import RunContext, rebuild, rebuild_arch
+from edgeprune.pipeline.search import Candidate, Outcome, Searcher, make_searcher
 
 
-def _goal_met(ctx: _Run, st: dict[str, Any]) -> bool:
+def budget_from(config: RunConfig, baseline_ms: float) -> float | None:
+    """The latency budget in ms (None for sparsity / FLOPs goals without one)."""
+    goal = config.goal
+    if goal.budget_ms is not None:
+        return goal.budget_ms
+    if goal.speedup is not None:
+        return baseline_ms / goal.speedup
+    return None
+
+
+def _reward_fn(
+    ctx: RunContext,
+    searcher: Searcher,
+    budget_ms: float | None,
+    base_macs: int,
+    base_params: int,
+    baseline_ms: float,
+) -> Callable[[Metrics], float]:
+    cfg = ctx.config.search.reward
+    kind = searcher.reward_kind if ctx.config.search.searcher != "rl" else cfg.kind
+    if kind == "latency" and budget_ms is None:
+        # Paper-style goals: steer towards the latency the MACs target implies.
+        ratio = ctx.config.goal.flops_ratio or (1 - (ctx.config.goal.sparsity or 0.5)) ** 2
+        budget_ms = baseline_ms * ratio
+    settings = RewardSettings(
+        kind=kind,
+        budget_ms=budget_ms,
+        w=cfg.w,
+        mode=cfg.mode,
+        flops_coef=cfg.coef,
+        params_coef=cfg.coef,
+        base_macs=base_macs,
+        base_params=base_params,
+    )
+    return make_reward(settings)
+
+
+def _importance(ctx: RunContext) -> Any:
+    name = ctx.config.search.criterion
+    if name != "taylor":
+        return get_importance(name)
+    gen = torch.Generator().manual_seed(ctx.config.seed)
+    n = 64 * max(ctx.config.search.bn_batches, 2)
+    return TaylorImportance(
+        lambda: iterate_batches(
+            ctx.data.train_x[:n],
+            ctx.data.train_y[:n],
+            64,
+            shuffle=False,
+            augment=False,
+            generator=gen,
+            mean=ctx.data.mean,
+            std=ctx.data.std,
+        )
+    )
+
+
+def estimate_steps(config: RunConfig, budget_ms: float | None, baseline_ms: float) -> int:
+    """Rough number of prune steps the goal needs (sets the epsilon decay schedule).
+
+    Conv cost scales with c_in x c_out, so keeping a fraction k of channels everywhere
+    costs about k^2: a latency ratio r needs about 1 - sqrt(r) of the channels removed.
+    """
+    goal = config.goal
+    if goal.sparsity is not None:
+        frac = goal.sparsity
+    elif goal.flops_ratio is not None:
+        frac = 1 - goal.flops_ratio**0.5
+    else:
+        frac = 1 - (min(budget_ms or baseline_ms, baseline_ms) / baseline_ms) ** 0.5
+    return max(1, min(goal.max_steps, round(frac / config.search.step_fraction)))
+
+
+def _widths(groups: GroupSet) -> dict[int, int]:
+    return {g.id: g.width for g in groups.prunable}
+
+
+def _check_same_groups(base: GroupSet, now: GroupSet) -> None:
+    if [g.name for g in base.prunable] != [g.name for g in now.prunable]:
+        raise SearchError(
+            "the pruned model's channel groups no longer match the base model's; "
+            "this model is not supported by multi-step pruning (please report it)"
+        )
+
+
+def _goal_met(ctx: RunContext, st: dict[str, Any]) -> bool:
     goal = ctx.config.goal
     if goal.sparsity is not None:
         return st["sparsity"] >= goal.sparsity
@@ -37,13 +124,13 @@ def _goal_met(ctx: _Run, st: dict[str, Any]) -> bool:
     return st["latency_ms"] <= st["budget_ms"]
 
 
-def _predict_ms(ctx: _Run, model: nn.Module) -> tuple[float, str]:
+def _predict_ms(ctx: RunContext, model: nn.Module) -> tuple[float, str]:
     if ctx.predictor is not None:
         return float(ctx.predictor.predict_ms(model)), "lut"
     return ctx.oracle.measure(model).p50_ms, "measured"
 
 
-def _measure_vs_baseline(ctx: _Run, model: nn.Module, baseline_ms: float) -> dict[str, Any]:
+def _measure_vs_baseline(ctx: RunContext, model: nn.Module, baseline_ms: float) -> dict[str, Any]:
     """Real latency of ``model``: baseline p50 at the start x the interleaved median ratio."""
     cmp = ctx.oracle.measure_vs_baseline(model, ctx.base)
     if ctx.predictor is not None:
@@ -56,9 +143,7 @@ def _measure_vs_baseline(ctx: _Run, model: nn.Module, baseline_ms: float) -> dic
     }
 
 
-def _initial_state(ctx: _Run) -> dict[str, Any]:
-    from edgeprune.pipeline.compress import budget_from
-
+def _initial_state(ctx: RunContext) -> dict[str, Any]:
     stats = ctx.oracle.measure(ctx.base)
     baseline_ms = stats.p50_ms
     budget = budget_from(ctx.config, baseline_ms)
@@ -94,15 +179,11 @@ def _initial_state(ctx: _Run) -> dict[str, Any]:
 
 
 def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model)
 
 
-def search_loop(ctx: _Run, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None) -> dict:
+def search_loop(ctx: RunContext, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None) -> dict:
     """Run prune steps until the goal is met (or nothing is left); return the final state."""
-    from edgeprune.pipeline.compress import _importance, _reward_fn, estimate_steps, rebuild
-
     cfg = ctx.config
     if checkpoint is None:
         st = _initial_state(ctx)
@@ -168,16 +249,8 @@ def search_loop(ctx: _Run, checkpoint: tuple[dict[str, Any], dict[str, Any]] | N
     return {**st, "model": model}
 
 
-def rebuild_arch(ctx: _Run, removed_base: dict[str, list[int]]) -> nn.Module:
-    """Architecture only (base weights) of a pruned state, for LUT re-calibration."""
-    from edgeprune.pipeline.prune import apply_removed
-
-    removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
-    return apply_removed(ctx.base, ctx.base_groups, removed, verify=False)
-
-
 def _evaluate(
-    ctx: _Run, model: nn.Module, groups: Any, cand: Candidate, importance: Any, reward: Any
+    ctx: RunContext, model: nn.Module, groups: Any, cand: Candidate, importance: Any, reward: Any
 ) -> tuple[Outcome, dict[str, Any]]:
     plan = PruningPlan(keep=dict(cand.keep), channel_multiple=1)
     try:
@@ -204,7 +277,7 @@ def _evaluate(
 
 
 def _one_step(
-    ctx: _Run,
+    ctx: RunContext,
     st: dict[str, Any],
     model: nn.Module,
     searcher: Any,
@@ -216,8 +289,6 @@ def _one_step(
 ) -> nn.Module | None:
     """One prune step; returns the new model, or None when nothing is left to prune."""
     groups = build_groups(model, ctx.example)
-    from edgeprune.pipeline.compress import _check_same_groups, _widths
-
     _check_same_groups(ctx.base_groups, groups)
     step = st["step"] + 1
     prev_acc = st["accuracy"]

@@ -1,0 +1,68 @@
+"""What a compress run holds besides its checkpoint (rebuilt on resume), and replay helpers."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from edgeprune.calibration.bn import reestimate_bn_
+from edgeprune.config import RunConfig
+from edgeprune.data import DataSplits
+from edgeprune.models import ModelSpec
+from edgeprune.pipeline.groups import GroupSet
+from edgeprune.pipeline.prune import apply_removed
+from edgeprune.pipeline.run_dir import RunDir
+from edgeprune.pipeline.train import evaluate
+from edgeprune.profiles import DeviceProfile
+from edgeprune.targets.oracle import LatencyOracle
+
+
+@dataclass
+class RunContext:
+    """Everything a run needs that is not in its checkpoint (rebuilt on resume)."""
+
+    config: RunConfig
+    run: RunDir
+    data: DataSplits
+    profile: DeviceProfile
+    spec: ModelSpec
+    base: nn.Module  # the unpruned model: teacher and latency reference
+    base_groups: GroupSet
+    example: torch.Tensor
+    oracle: LatencyOracle
+    predictor: Any  # LatencyLUT or None
+    multiple: int
+    bn_inputs: list[torch.Tensor]
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    console: Console
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def proxy_accuracy(self, model: nn.Module) -> float:
+        """Top-1 on the validation subset after adaptive BN re-estimation (EagleEye)."""
+        if self.bn_inputs:
+            reestimate_bn_(model, self.bn_inputs)
+        return evaluate(model, self.val_x, self.val_y, self.data.mean, self.data.std)
+
+
+def rebuild(
+    ctx: RunContext, removed_base: dict[str, list[int]], weights: dict[str, Any]
+) -> nn.Module:
+    """The pruned model of a checkpoint: base + removed channels (base coordinates) + weights."""
+    removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
+    model = (
+        apply_removed(ctx.base, ctx.base_groups, removed) if removed else copy.deepcopy(ctx.base)
+    )
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def rebuild_arch(ctx: RunContext, removed_base: dict[str, list[int]]) -> nn.Module:
+    """Architecture only (base weights) of a pruned state, for LUT re-calibration."""
+    removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
+    return apply_removed(ctx.base, ctx.base_groups, removed, verify=False)
