@@ -136,7 +136,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     from edgeprune.report import render_benchmark
 
     paths = render_benchmark(args.out)
-    out.print("report: " + ", ".join(str(p) for p in paths.values()))
+    out.print("report: " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
     return 0
 
 
@@ -145,7 +145,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     paths = render_any(args.run_dir)
     out.print(summary_table(load_report(args.run_dir)))
-    out.print("\n".join(str(p) for p in paths.values()))
+    out.print("\n".join(str(p) for p in paths.values()), soft_wrap=True)
     return 0
 
 
@@ -204,7 +204,7 @@ def run_compress(args: argparse.Namespace) -> int:
         raw["seed"] = args.seed
     config = RunConfig.validate_dict(raw, where="command line")
     out_dir = args.out or _default_run_dir(config)
-    console.print(f"run directory: {out_dir}")
+    console.print(f"run directory: {out_dir}", soft_wrap=True)
     compress(config, out_dir, console=console)
     return 0
 

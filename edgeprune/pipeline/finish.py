@@ -71,7 +71,7 @@ def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, A
     ctx.console.print(summary_table(report))
     if st["stop_reason"] != "goal met":
         ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st['stop_reason']}")
-    ctx.console.print(f"report: {ctx.run.root / 'report.html'}")
+    ctx.console.print(f"report: {ctx.run.root / 'report.html'}", soft_wrap=True)
     return report
 
 
