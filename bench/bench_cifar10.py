@@ -35,7 +35,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modules
 
-from cifar10_methods import (
+from peer_methods import (
     METHODS,
     SPECS,
     BenchSettings,
@@ -47,7 +47,7 @@ from cifar10_methods import (
     run_method,
     train_baseline,
 )
-from cifar10_results import (
+from peer_results import (
     BASELINE,
     RESULTS_VERSION,
     final_benchmark,

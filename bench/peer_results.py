@@ -83,7 +83,7 @@ def method_row(
     base_report: Mapping[str, Any],
     step_epochs: int,
 ) -> dict[str, Any]:
-    """One results row from a method run (:class:`cifar10_methods.MethodRun`) and its
+    """One results row from a method run (:class:`peer_methods.MethodRun`) and its
     final measurement."""
     rep = run.report
     base_macs = rep["baseline"]["macs"]
