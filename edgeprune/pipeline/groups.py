@@ -209,7 +209,11 @@ def build_groups(
         )
         for i, r in enumerate(raw)
     ]
-    unsafe = find_unsafe_groups(model, [g for g in infos if not g.frozen], x.shape, _PROBE_RTOL)
+    # A group already at its narrowest (one channel step) has nothing left to remove, so
+    # there is nothing to probe: removing its last channels would fail for the wrong reason
+    # and mark a pruned-down group "unsafe" (seen when re-tracing a model pruned to 1 channel).
+    probe = [g for g in infos if not g.frozen and g.width > g.channel_step]
+    unsafe = find_unsafe_groups(model, probe, x.shape, _PROBE_RTOL)
     infos = [
         dataclasses.replace(g, frozen_reason=f"unsafe to prune: {unsafe[g.id]}")
         if g.id in unsafe
@@ -289,8 +293,8 @@ def _trace_groups(
             reasons.append(f"contains ignored layer(s) {', '.join(hit)}")
         members = tuple(dict.fromkeys(op.layer for op in ops))
         step = _channel_step(model, ops)
-        if not reasons and width <= step:
-            reasons.append(f"too narrow to prune ({width} channels, channel step {step})")
+        # A group at its narrowest (width <= step) stays prunable with nothing left to
+        # remove: multi-step pruning needs the same group list at every step.
         raw.append(
             _RawGroup(
                 name=root_name,

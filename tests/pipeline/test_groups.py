@@ -120,3 +120,17 @@ def test_prune_refuses_a_model_that_does_not_match_its_groups() -> None:
     pruned = prune(model, groups, PruningPlan({gid: 16})).model
     with pytest.raises(PruningError, match="does not match its groups"):
         prune(pruned, groups, PruningPlan({gid: 8}))
+
+
+def test_a_group_pruned_to_one_channel_stays_prunable_when_retraced() -> None:
+    # Multi-step pruning re-traces the pruned model; a group at its minimum width must keep
+    # its place (not turn "unsafe") so the group list matches the base model's.
+    from edgeprune.pipeline.prune import prune
+
+    model = TinyConvNet()
+    groups = build_groups(model, X)
+    target = groups.prunable[0]
+    pruned = prune(model, groups, PruningPlan({target.id: 1}), "l1").model
+    again = build_groups(pruned, X)
+    assert [g.name for g in again.prunable] == [g.name for g in groups.prunable]
+    assert again[target.id].width == 1 and not again[target.id].frozen
