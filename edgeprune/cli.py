@@ -91,12 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
 
     p = sub.add_parser("agent", help="serve latency measurements on this device over HTTP")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token-file", type=Path, required=True, help="file holding the token")
-    p.add_argument("--max-upload-mb", type=float, default=64.0)
-    p.add_argument("--queue-size", type=int, default=4, help="waiting requests before 429")
-    p.add_argument("--session-cache", type=int, default=2, help="warm sessions kept")
+    from edgeprune.agent.__main__ import add_agent_arguments
+
+    add_agent_arguments(p)
     return ap
 
 

@@ -6,7 +6,6 @@ Nothing here computes results: it loads inputs, calls library functions, and pri
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
 from rich.console import Console
@@ -150,23 +149,9 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from edgeprune.agent.server import serve
+    from edgeprune.agent.__main__ import serve_from_args
 
-    def ready(host: str, port: int) -> None:
-        out.print(f"edgeprune agent listening on http://{host}:{port}")
-
-    # uvicorn re-raises Ctrl-C after its graceful stop
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(
-            args.host,
-            args.port,
-            args.token_file,
-            max_upload_mb=args.max_upload_mb,
-            queue_size=args.queue_size,
-            session_cache=args.session_cache,
-            ready_callback=ready,
-        )
-    return 0
+    return serve_from_args(args)
 
 
 def run_compress(args: argparse.Namespace) -> int:
