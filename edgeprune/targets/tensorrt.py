@@ -38,6 +38,7 @@ from edgeprune.targets.tensorrt_build import (
     make_logger,
 )
 from edgeprune.targets.tensorrt_run import PyCuda, TorchCuda, TrtMeasurement, TrtRunner
+from edgeprune.targets.timing import random_input
 from edgeprune.targets.trt_ops import check_tensorrt_ops, parse_version
 
 __all__ = [
@@ -329,13 +330,7 @@ class TrtTarget:
         cfg = prepared.profile.tensorrt
         assert cfg is not None
         # Values do not change a CNN's latency, but time the caller's inputs when given.
-        x = (
-            inputs
-            if inputs is not None
-            else np.random.default_rng(seed)
-            .standard_normal(prepared.input_shape)
-            .astype(np.float32)
-        )
+        x = inputs if inputs is not None else random_input(prepared.input_shape, seed)
         prepared.run(x)  # leaves x in the bound input buffer that the timed loop copies
         m = prepared.runner.measure(settings, cfg, warmup=warmup, batch=prepared.profile.batch)
         return TrtMeasurement(m.stats, m.throughput_qps, m.batch, self.settings_of(prepared))
