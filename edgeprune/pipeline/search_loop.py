@@ -17,6 +17,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.config import RunConfig
 from edgeprune.data import iterate_batches
 from edgeprune.errors import SearchError
@@ -331,12 +332,15 @@ def _one_step(
         plan = PruningPlan(keep=dict(kept.keep), channel_multiple=1)
         res = prune(model, groups, plan, importance)
         new = res.model
-        acc = ctx.proxy_accuracy(new)
-        latency, _ = _predict_ms(ctx, new)
-        macs, params = count_macs_params(new, ctx.example)
-        accepted = Outcome(
-            kept, reward(Metrics(acc, latency, macs, params)), acc, latency, macs, params
-        )
+        # The chosen candidate was scored this step: reuse its outcome (pruning and BN
+        # re-estimation are deterministic) and only put the new model in that scored state.
+        scored, _ = seen[kept.key()]
+        if ctx.bn_inputs:
+            reestimate_bn_(new, ctx.bn_inputs)
+        acc, macs, params = scored.accuracy, scored.macs, scored.params
+        assert scored.latency_ms is not None  # failed candidates (no latency) are never kept
+        latency = scored.latency_ms
+        accepted = Outcome(kept, scored.reward, acc, latency, macs, params)
         if searcher.end_step(accepted, prev_acc):
             break
         st["redos"] += 1
