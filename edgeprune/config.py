@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgeprune.errors import SearchError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 
 
 class _Section(BaseModel):
@@ -43,7 +43,7 @@ class GoalConfig(_Section):
     speedup: float | None = Field(None, gt=1)
     sparsity: float | None = Field(None, gt=0, lt=1)
     flops_ratio: float | None = Field(None, gt=0, lt=1)
-    max_steps: int = Field(40, ge=1, description="hard cap on prune steps")
+    max_steps: int = Field(10, ge=1, description="hard cap on prune steps")
 
     @model_validator(mode="after")
     def _one_goal(self) -> GoalConfig:
@@ -56,24 +56,44 @@ class GoalConfig(_Section):
 
 
 class RewardConfig(_Section):
-    kind: Literal["latency", "flops", "params"] = "latency"
+    """How the ``rl`` searcher scores candidates (``rl-flops`` always uses ``flops``).
+
+    Every candidate of a step meets the same latency target, so the default reward is the
+    proxy accuracy alone; ``latency`` is MnasNet's ``accuracy x (latency/budget)^w``.
+    """
+
+    kind: Literal["accuracy", "latency", "flops", "params"] = "accuracy"
     w: float = Field(-0.07, le=0, description="MnasNet exponent on latency/budget")
     mode: Literal["both", "over"] = "both"
     coef: float = Field(0.5, ge=0, description="flops/params reward coefficient")
 
 
 class SearchConfig(_Section):
-    searcher: Literal["rl", "rl-flops", "uniform", "magnitude"] = "rl"
-    step_fraction: float = Field(0.05, gt=0, le=0.5, description="channels per step / total")
+    searcher: Literal["rl", "rl-flops", "knapsack", "magnitude", "uniform"] = "rl"
+    steps: int = Field(3, ge=1, le=50, description="prune steps from the baseline to the goal")
+    schedule: Literal["geometric", "linear"] = Field(
+        "geometric", description="how the step targets go from the baseline to the goal"
+    )
+    landing_tolerance: float = Field(
+        0.03, gt=0, lt=0.5, description="the last step lands within this fraction below the goal"
+    )
+    landing_tries: int = Field(4, ge=1, le=20, description="measure/re-plan rounds per step")
     samples: int = Field(6, ge=1, description="candidates per RL epoch")
     rl_epochs: int = Field(3, ge=1, description="RL epochs per step")
     noise: float = Field(0.04, ge=0)
     step_length: float = Field(0.1, gt=0, le=1, description="lambda")
     ppo_clip: float = Field(0.2, gt=0, lt=1)
-    epsilon: float = Field(0.4, ge=0, le=1)
+    epsilon: float = Field(
+        0.0, ge=0, le=1, description="chance to keep a random buffer row (reference: 0.4)"
+    )
     epsilon_decay_fraction: float = Field(0.1, gt=0, le=1)
     collapse_drop: float = Field(0.1, gt=0, lt=1, description="relative accuracy drop")
-    criterion: Literal["l1", "l2", "taylor", "bn_scale", "random", "cluster"] = "l1"
+    criterion: Literal["l1", "l2", "taylor", "bn_scale", "random", "cluster"] = Field(
+        "l1", description="importance of channels inside a group; every searcher ranks by it"
+    )
+    ignored_layers: list[str] = Field(
+        default_factory=list, description="layers whose output channels are never pruned"
+    )
     channel_multiple: int | None = Field(
         None, ge=1, description="None: from the profile, or discovered by the latency LUT"
     )
@@ -81,13 +101,18 @@ class SearchConfig(_Section):
     use_lut: bool = Field(True, description="LUT-predicted latency for candidates")
     val_subset: int = Field(1000, ge=50, description="validation images for the proxy")
     bn_batches: int = Field(4, ge=0, description="training batches for BN re-estimation")
-    measure_every_step: bool = True
     reward: RewardConfig = RewardConfig()
 
 
 class FinetuneConfig(_Section):
-    step_epochs: int = Field(1, ge=0, description="KD epochs after each step")
-    final_epochs: int = Field(8, ge=0, description="KD epochs at the end")
+    """Knowledge-distillation recovery; one budget shared by every searcher."""
+
+    total_epochs: float = Field(
+        8.0, ge=0, description="KD epochs in all: per-step recovery plus the final fine-tune"
+    )
+    step_epochs: float = Field(
+        0.25, ge=0, description="KD epochs (fractions allowed) after each prune step"
+    )
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(128, ge=1)
     temperature: float = Field(2.0, gt=0)

@@ -234,8 +234,13 @@ class LatencyLUT:
         return total_us / 1000.0
 
     def predict_ms(self, arch: Arch) -> float:
-        """Predicted latency in ms: ``scale * predict_raw_ms + offset_ms``."""
-        return self.scale * self.predict_raw_ms(arch) + self.offset_ms
+        """Predicted latency in ms: ``scale * predict_raw_ms + offset_ms``, kept positive.
+
+        The fit keeps ``offset_ms >= 0`` (see :func:`_fit`); the floor at a tenth of the
+        scaled sum guards predictions of LUTs saved before that rule.
+        """
+        scaled = self.scale * self.predict_raw_ms(arch)
+        return max(scaled + self.offset_ms, 0.1 * scaled)
 
     # ---- calibration -----------------------------------------------------------------------
     def calibrate(self, measured: Sequence[tuple[Arch, float]]) -> LatencyLUT:
@@ -405,16 +410,34 @@ class LatencyLUT:
 
 
 def _fit(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """(scale, offset) of ``measured ~ scale * raw + offset``; see :meth:`LatencyLUT.calibrate`."""
-    x = np.array([p[0] for p in pairs])
-    y = np.array([p[1] for p in pairs])
-    scale, offset = 1.0, float(np.mean(y - x))
-    # Predictions closer together than ~10% leave the slope to measurement noise.
+    """(scale, offset >= 0) of ``measured ~ scale * raw + offset``.
+
+    A negative offset once predicted <= 0 ms for small models (-0.061 ms in
+    ``bench/results/lut_resnet20.md``) and crashed a run: such fits, and single points, go
+    through the origin instead (see :func:`fit_positive`).
+    """
+    return fit_positive(pairs)
+
+
+def fit_positive(
+    pairs: Sequence[tuple[float, float]], prior_scale: float = 1.0
+) -> tuple[float, float]:
+    """``(scale, offset >= 0)`` of ``y ~ scale * x + offset``.
+
+    One point (or points within 10% of each other): keep the slope ratio ``y / x`` and no
+    offset, which stays positive for every smaller model. Least squares otherwise; a
+    negative offset or slope falls back to the line through the origin.
+    """
+    x = np.array([p[0] for p in pairs], dtype=np.float64)
+    y = np.array([p[1] for p in pairs], dtype=np.float64)
+    if len(x) == 0 or not np.all(x > 0):
+        return prior_scale, 0.0
+    through_origin = float(np.dot(x, y) / np.dot(x, x))
     if len(x) >= 2 and np.ptp(x) > 0.1 * float(np.mean(x)):
         a, b = np.polyfit(x, y, 1)
-        if a > 0:
-            scale, offset = float(a), float(b)
-    return scale, offset
+        if a > 0 and b >= 0:
+            return float(a), float(b)
+    return through_origin, 0.0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from edgeprune.data.splits import (
     balanced_subsample,
     channel_stats,
     image_moments,
+    stratified_draw,
     stratified_split,
 )
 from edgeprune.errors import DataError
@@ -49,6 +50,7 @@ __all__ = [
     "iterate_batches",
     "load_data",
     "normalize",
+    "stratified_draw",
 ]
 
 SUPPORTED_LAYOUTS = (

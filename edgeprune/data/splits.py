@@ -109,6 +109,18 @@ def balanced_subsample(y: torch.Tensor, limit: int, generator: torch.Generator) 
     return torch.sort(chosen).values
 
 
+def stratified_draw(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Seeded, class-balanced, *shuffled* indices of ``min(n, len(y))`` samples.
+
+    For every subset the pipeline takes from a split (BatchNorm re-estimation batches, the
+    accuracy proxy, Taylor batches): splits come out class-sorted (ImageFolder decodes class
+    by class), so a slice ``x[:n]`` would hold one or two classes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    idx = balanced_subsample(y, n, gen) if 0 < n < y.numel() else torch.arange(y.numel())
+    return idx[torch.randperm(idx.numel(), generator=gen)]
+
+
 def stratified_split(
     y: torch.Tensor, val_fraction: float, generator: torch.Generator, classes: tuple[str, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:

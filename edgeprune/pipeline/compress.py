@@ -20,14 +20,20 @@ from rich.console import Console
 from torch import nn
 
 from edgeprune.config import RunConfig
-from edgeprune.data import DataSplits, iterate_batches, load_data
+from edgeprune.data import DataSplits, iterate_batches, load_data, stratified_draw
 from edgeprune.errors import SearchError
 from edgeprune.models import ModelSpec, load_model
 from edgeprune.pipeline.finish import finish
 from edgeprune.pipeline.groups import build_groups
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.run_dir import RunDir
-from edgeprune.pipeline.search_loop import search_loop
+from edgeprune.pipeline.search.cost import (
+    CostModel,
+    channels_cost_model,
+    latency_cost_model,
+    macs_cost_model,
+)
+from edgeprune.pipeline.search.driver import search
 from edgeprune.pipeline.train import train
 from edgeprune.profiles import load_profile
 from edgeprune.targets.base import require_available, target_for
@@ -53,7 +59,7 @@ def compress(
     t0 = time.perf_counter()
     ctx = _setup(config, run, console)
     checkpoint = run.load_checkpoint() if resume else None
-    state = search_loop(ctx, checkpoint)
+    state = search(ctx, checkpoint)
     return finish(ctx, state, wall_s=time.perf_counter() - t0)
 
 
@@ -84,7 +90,7 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
     base = _baseline(config, run, data, spec, console)
     example = torch.zeros(1, *profile.input_shape)
     t = time.perf_counter()
-    groups = build_groups(base, example)
+    groups = build_groups(base, example, ignored_layers=config.search.ignored_layers)
     if not groups.prunable:
         raise SearchError(f"{spec.name} has no prunable channel groups; nothing to compress")
     multiple = config.search.channel_multiple or profile.channel_multiple
@@ -94,26 +100,25 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
         from edgeprune.calibration.latency_lut import LatencyLUT
 
         console.print(f"[bold]latency lookup table[/] for {spec.name} on {profile.name} ...")
-        predictor = LatencyLUT.build(base, profile, progress=True)
-        if config.search.channel_multiple is None and profile.channel_multiple == 1:
-            multiple = predictor.channel_multiple
+        # A multiple the config or the profile sets is the LUT's too; else it discovers one.
+        predictor = LatencyLUT.build(
+            base, profile, channel_multiple=multiple if multiple > 1 else None, progress=True
+        )
+        multiple = predictor.channel_multiple
     if not config.search.round_to_multiple:
         multiple = 1
-    gen = torch.Generator().manual_seed(config.seed)
-    bn_inputs = [
-        x
-        for x, _ in iterate_batches(
-            data.train_x[: 64 * config.search.bn_batches],
-            data.train_y[: 64 * config.search.bn_batches],
-            64,
-            shuffle=False,
-            augment=False,
-            generator=gen,
-            mean=data.mean,
-            std=data.std,
+    cost = _cost_model(config, groups, predictor, base, profile.full_input_shape)
+    seed = config.seed
+    bn_idx = stratified_draw(data.train_y, 64 * config.search.bn_batches, seed)
+    bn_inputs = _batches(data, bn_idx, seed) if config.search.bn_batches else []
+    taylor_idx = stratified_draw(data.train_y, 64 * max(config.search.bn_batches, 2), seed + 1)
+    taylor = list(
+        iterate_batches(
+            data.train_x[taylor_idx], data.train_y[taylor_idx], 64, shuffle=False,
+            augment=False, generator=None, mean=data.mean, std=data.std,
         )
-    ]
-    n_val = min(config.search.val_subset, data.val_x.shape[0])
+    )  # fmt: skip
+    val_idx = stratified_draw(data.val_y, config.search.val_subset, seed + 2)
     ctx = RunContext(
         config=config,
         run=run,
@@ -125,14 +130,44 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
         example=example,
         oracle=oracle,
         predictor=predictor,
+        cost=cost,
         multiple=multiple,
         bn_inputs=bn_inputs,
-        val_x=data.val_x[:n_val],
-        val_y=data.val_y[:n_val],
+        taylor_inputs=[x for x, _ in taylor],
+        taylor_labels=[y for _, y in taylor],
+        val_x=data.val_x[val_idx],
+        val_y=data.val_y[val_idx],
         console=console,
     )
     ctx.timings["setup_s"] = time.perf_counter() - t
     return ctx
+
+
+def _batches(data: DataSplits, idx: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        x
+        for x, _ in iterate_batches(
+            data.train_x[idx], data.train_y[idx], 64, shuffle=False, augment=False,
+            generator=gen, mean=data.mean, std=data.std,
+        )
+    ]  # fmt: skip
+
+
+def _cost_model(
+    config: RunConfig, groups: Any, lut: Any, base: nn.Module, input_shape: Any
+) -> CostModel:
+    """The goal's cost: LUT latency (MACs scaled to ms without a LUT), MACs or channels."""
+    goal = config.goal
+    if goal.sparsity is not None:
+        return channels_cost_model(groups)
+    if goal.flops_ratio is not None:
+        return macs_cost_model(groups, base, input_shape)
+    if lut is not None:
+        return latency_cost_model(groups, lut, base)
+    cost = macs_cost_model(groups, base, input_shape)
+    cost.kind = "latency"  # MACs, calibrated to the measured baseline (no LUT)
+    return cost
 
 
 def _baseline(

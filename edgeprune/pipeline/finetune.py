@@ -43,7 +43,7 @@ def distill_(
     teacher: nn.Module,
     data: DataSplits,
     cfg: FinetuneConfig,
-    epochs: int,
+    epochs: float,
     *,
     seed: int = 0,
     progress: bool = False,

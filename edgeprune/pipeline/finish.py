@@ -37,13 +37,16 @@ def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, A
     cfg = ctx.config
     if st["phase"] == "finetune":
         t = time.perf_counter()
-        ctx.console.print(f"[bold]final fine-tune[/]: {cfg.finetune.final_epochs} KD epochs")
+        # One KD budget for every searcher: what the steps did not spend goes here.
+        epochs = final_epochs(cfg.finetune.total_epochs, st.get("kd_epochs", 0.0))
+        st["final_kd_epochs"] = epochs
+        ctx.console.print(f"[bold]final fine-tune[/]: {epochs:g} KD epochs")
         distill_(
             model,
             ctx.base,
             ctx.data,
             cfg.finetune,
-            cfg.finetune.final_epochs,
+            epochs,
             seed=cfg.seed + 10_000,
             progress=True,
             description="final fine-tune (KD)",
@@ -73,6 +76,12 @@ def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, A
         ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st['stop_reason']}")
     ctx.console.print(f"report: {ctx.run.root / 'report.html'}", soft_wrap=True)
     return report
+
+
+def final_epochs(total: float, spent: float) -> float:
+    """KD epochs left for the final fine-tune (0 when the steps spent the budget)."""
+    left = total - spent
+    return round(left, 6) if left > 1e-6 else 0.0
 
 
 def _accuracies(ctx: RunContext, model: nn.Module) -> dict[str, float | None]:
@@ -189,6 +198,7 @@ def _report(
             "channel_multiple": st["multiple"],
             "steps": st["steps"],
             "redos": st["redos"],
+            "kd_epochs": {"steps": st.get("kd_epochs", 0.0), "final": st.get("final_kd_epochs")},
             "candidates": candidates,
             "oracle": {"hits": ctx.oracle.hits, "misses": ctx.oracle.misses},
         },

@@ -17,6 +17,7 @@ from edgeprune.models import ModelSpec
 from edgeprune.pipeline.groups import GroupSet
 from edgeprune.pipeline.prune import apply_removed
 from edgeprune.pipeline.run_dir import RunDir
+from edgeprune.pipeline.search.cost import CostModel
 from edgeprune.pipeline.train import evaluate
 from edgeprune.profiles import DeviceProfile
 from edgeprune.targets.oracle import LatencyOracle
@@ -36,8 +37,11 @@ class RunContext:
     example: torch.Tensor
     oracle: LatencyOracle
     predictor: Any  # LatencyLUT or None
+    cost: CostModel  # the goal's cost of a channel plan (latency in ms, MACs or channels)
     multiple: int
     bn_inputs: list[torch.Tensor]
+    taylor_inputs: list[torch.Tensor]
+    taylor_labels: list[torch.Tensor]
     val_x: torch.Tensor
     val_y: torch.Tensor
     console: Console

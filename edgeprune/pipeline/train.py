@@ -46,7 +46,7 @@ class TrainResult:
 
     best_val_acc: float
     best_epoch: int
-    epochs: int
+    epochs: float
     history: tuple[dict[str, Any], ...]
     wall_s: float
 
@@ -181,7 +181,7 @@ def run_epochs(
     data: DataSplits,
     loss_fn: LossFn,
     *,
-    epochs: int,
+    epochs: float,
     lr: float,
     batch_size: int = 128,
     weight_decay: float = 5e-4,
@@ -204,7 +204,8 @@ def run_epochs(
         data: Train split for updates, validation split for model selection.
         loss_fn: ``loss_fn(model, images, labels)`` returning the loss, or ``(loss, logits)``
             to also report training accuracy. Called in train mode on normalised batches.
-        epochs: Passes over the training split (>= 1).
+        epochs: Passes over the training split (> 0; a fraction stops part-way through
+            the last pass, e.g. 0.25 = a quarter of the batches).
         lr: Peak learning rate (reached after the warm-up).
         batch_size: Images per step; a last partial batch is dropped (BatchNorm needs > 1).
         weight_decay: SGD weight decay (applied to every parameter).
@@ -228,15 +229,17 @@ def run_epochs(
     Raises:
         EdgepruneError: ``epochs`` < 1, or the loss became NaN/inf (lower ``lr``).
     """
-    if epochs < 1:
-        raise EdgepruneError(f"epochs={epochs} must be at least 1")
+    if not epochs > 0:
+        raise EdgepruneError(f"epochs={epochs} must be positive")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = _device_of(model)
     n_train = data.train_x.shape[0]
     drop_last = n_train > batch_size
     steps_per_epoch = n_train // batch_size if drop_last else 1
-    total_steps = epochs * steps_per_epoch
+    # Fractional epochs (KD recovery between prune steps) stop part-way through the last one.
+    total_steps = max(1, round(epochs * steps_per_epoch))
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = min(total_steps - 1, round(warmup_fraction * total_steps))
     flip = data.hflip_ok if flip is None else flip
     best_acc, best_epoch, best_state = -1.0, 0, None
@@ -250,7 +253,7 @@ def run_epochs(
     try:
         with _progress(progress) as bar:
             task = bar.add_task(description, total=total_steps, loss="-", val="-")
-            for epoch in range(1, epochs + 1):
+            for epoch in range(1, n_epochs + 1):
                 epoch_start = time.perf_counter()
                 batches = iterate_batches(
                     data.train_x, data.train_y, batch_size, shuffle=True, augment=augment,
@@ -260,7 +263,7 @@ def run_epochs(
                 first_step = (epoch - 1) * steps_per_epoch
                 schedule = [
                     lr_at(s, total_steps, warmup_steps, lr, min_lr)
-                    for s in range(first_step, first_step + steps_per_epoch)
+                    for s in range(first_step, min(first_step + steps_per_epoch, total_steps))
                 ]
                 mean_loss, train_acc = _train_epoch(
                     model, optimizer, batches, loss_fn, schedule, lambda: bar.advance(task)

@@ -54,9 +54,9 @@ def test_compress_with_a_remote_profile(tmp_path: Path, monkeypatch: pytest.Monk
                         "use_lut": False,
                         "val_subset": 50,
                         "bn_batches": 1,
-                        "step_fraction": 0.2,
+                        "steps": 2,
                     },
-                    "finetune": {"step_epochs": 0, "final_epochs": 0, "batch_size": 64},
+                    "finetune": {"step_epochs": 0, "total_epochs": 0, "batch_size": 64},
                 }
             )
         )

@@ -44,11 +44,11 @@ def _config(tmp_path: Path, **goal: float) -> RunConfig:
                 "use_lut": False,
                 "samples": 2,
                 "rl_epochs": 2,
-                "step_fraction": 0.15,
+                "steps": 2,
                 "val_subset": 100,
                 "bn_batches": 1,
             },
-            "finetune": {"step_epochs": 0, "final_epochs": 0},
+            "finetune": {"step_epochs": 0, "total_epochs": 0},
         }
     )
 
@@ -84,10 +84,17 @@ def test_budget_above_baseline_says_nothing_to_prune(tmp_path):
         compress(_config(tmp_path, budget_ms=1e6), tmp_path / "run")
 
 
-def test_unreachable_goal_stops_with_best_found(tmp_path):
-    report = compress(_config(tmp_path, flops_ratio=0.001, max_steps=3), tmp_path / "run")
-    assert report["goal"]["stop_reason"] != "goal met"
-    assert report["final"]["macs"] < report["baseline"]["macs"]
+def test_unreachable_goal_is_refused_before_pruning(tmp_path):
+    with pytest.raises(SearchError, match="below what pruning can reach"):
+        compress(_config(tmp_path, flops_ratio=0.001, max_steps=3), tmp_path / "run")
+    assert not (tmp_path / "run" / "model.onnx").exists()
+    assert not (tmp_path / "run" / "search.jsonl").exists()
+
+
+def test_unreachable_latency_budget_names_the_floor_and_options(tmp_path):
+    cfg = _config(tmp_path, budget_ms=1e-4)
+    with pytest.raises(SearchError, match=r"narrowest.*looser budget"):
+        compress(cfg, tmp_path / "run")
 
 
 def test_no_validation_data(tmp_path):

@@ -1,15 +1,21 @@
 """Searchers behind one ask/tell contract, and the registry that builds them by name.
 
-======== ================================= ==========================================
-name     searcher                          reward the loop computes (``reward_kind``)
-======== ================================= ==========================================
-rl       :class:`RLSearcher` (RL-Pruner)   ``latency``: accuracy x (latency/budget)^w
-rl-flops :class:`RLSearcher`, same policy  ``flops``: accuracy + coef x MACs reduction
-uniform  :class:`UniformSearcher`          ``latency`` (logged only; never steers it)
-magnitude :class:`MagnitudeSearcher`       ``latency`` (logged only; never steers it)
-======== ================================= ==========================================
+Every searcher's candidates meet the step's cost target by the cost model, so they differ
+only in *where* the channels go:
 
-See :mod:`edgeprune.pipeline.search.base` for the loop that drives them.
+========= ==================================== ===========================================
+name      searcher                             reward the driver computes (``reward_kind``)
+========= ==================================== ===========================================
+rl        :class:`RLSearcher` (RL-Pruner) on    ``accuracy`` (the run's reward.kind)
+          top of the knapsack and magnitude
+rl-flops  :class:`RLSearcher`, same policy      ``flops``: accuracy + coef x MACs reduction
+knapsack  :class:`KnapsackSearcher` (HALP)      logged only; one candidate per step
+magnitude :class:`MagnitudeSearcher`            logged only; one candidate per step
+uniform   :class:`UniformSearcher`              logged only; one candidate per step
+========= ==================================== ===========================================
+
+See :mod:`edgeprune.pipeline.search.base` for the contract and
+:mod:`edgeprune.pipeline.search.driver` for the loop that drives them.
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ from edgeprune.pipeline.search.base import (
     allocate_removal,
     settings_from_config,
 )
-from edgeprune.pipeline.search.magnitude import MagnitudeSearcher, MagnitudeSettings
+from edgeprune.pipeline.search.knapsack import KnapsackSearcher, project, solve_knapsack
+from edgeprune.pipeline.search.magnitude import MagnitudeSearcher
 from edgeprune.pipeline.search.rl import RLSearcher, RLSettings, epsilon_at, update_pd
 from edgeprune.pipeline.search.uniform import UniformSearcher
 
 SEARCHER_REWARD: dict[str, str] = {
-    "rl": "latency",
+    "rl": "accuracy",
     "rl-flops": "flops",
-    "uniform": "latency",
-    "magnitude": "latency",
+    "knapsack": "accuracy",
+    "magnitude": "accuracy",
+    "uniform": "accuracy",
 }
 SEARCHER_NAMES: tuple[str, ...] = tuple(SEARCHER_REWARD)
 
@@ -41,10 +49,9 @@ def make_searcher(name: str, config: Any = None, seed: int = 0) -> Searcher:
     """Build a searcher by registry name.
 
     Args:
-        name: ``rl``, ``rl-flops``, ``uniform`` or ``magnitude``.
-        config: A mapping or object carrying settings by field name (``RLSettings``
-            fields for ``rl``/``rl-flops``, ``MagnitudeSettings`` fields for
-            ``magnitude``); missing fields keep their defaults, others are ignored.
+        name: One of :data:`SEARCHER_NAMES`.
+        config: A mapping or object carrying ``RLSettings`` fields by name (for ``rl`` and
+            ``rl-flops``); missing fields keep their defaults, others are ignored.
         seed: Seeds the RL searcher's generator (the baselines are deterministic).
 
     Returns:
@@ -59,7 +66,9 @@ def make_searcher(name: str, config: Any = None, seed: int = 0) -> Searcher:
     if name == "uniform":
         return UniformSearcher()
     if name == "magnitude":
-        return MagnitudeSearcher(settings_from_config(MagnitudeSettings, config))
+        return MagnitudeSearcher()
+    if name == "knapsack":
+        return KnapsackSearcher()
     raise SearchError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHER_NAMES)}")
 
 
@@ -67,8 +76,8 @@ __all__ = [
     "SEARCHER_NAMES",
     "SEARCHER_REWARD",
     "Candidate",
+    "KnapsackSearcher",
     "MagnitudeSearcher",
-    "MagnitudeSettings",
     "Outcome",
     "RLSearcher",
     "RLSettings",
@@ -77,5 +86,7 @@ __all__ = [
     "allocate_removal",
     "epsilon_at",
     "make_searcher",
+    "project",
+    "solve_knapsack",
     "update_pd",
 ]

@@ -1,40 +1,34 @@
 """The searcher contract (ask/tell) and the channel arithmetic all searchers share.
 
 A searcher decides, step by step, how many channels each prunable group keeps. It never
-touches a model: the orchestration loop builds, evaluates and applies candidates. The loop:
+touches a model: the driver (:mod:`edgeprune.pipeline.search.driver`) builds, evaluates and
+applies candidates. Every step has a cost target (latency in ms for latency goals) and
+every candidate a searcher proposes meets it by the cost model (see
+:mod:`~edgeprune.pipeline.search.knapsack`), so candidates compete on accuracy alone:
 
 .. code-block:: python
 
     searcher = make_searcher(name, config, seed)        # or load_state_dict() on resume
-    reward = make_reward(RewardSettings(kind=searcher.reward_kind, ...))
-    while not done:                                      # budget met, sparsity reached, ...
-        widths = {gid: width for gid, width in prunable_groups}   # same ids every step
-        searcher.start_step(widths, step_channels, multiple)
-        if searcher.needs_scores:                        # magnitude only
-            searcher.set_scores({gid: per_channel_scores})          # len == widths[gid]
+    while not done:
+        task = StepTask(widths, grids, scores, cost_model, target_ms, index, final)
+        searcher.start_step(task)
         while batch := searcher.propose():               # [] = the step's proposals are done
             outcomes = [evaluate(c) for c in batch]      # build, BN re-estimate, val acc,
-            searcher.observe(outcomes)                   # LUT latency, MACs, params, reward
+            searcher.observe(outcomes)                   # predicted latency, MACs, reward
         kept = searcher.choose()
-        if kept.removed_channels == 0: stop              # every group is at its floor
-        accepted = apply(kept) [+ fine-tune] + re-measure -> Outcome
+        accepted = apply(kept) + land on the measured target -> Outcome
         if not searcher.end_step(accepted, previous_accuracy):
-            roll the model back; redo the step (start_step again with the same widths)
-        else:
-            previous_accuracy = accepted.accuracy ; checkpoint searcher.state_dict()
+            redo the step (start_step again with the same task)
 
 Rules of the contract:
 
-- ``widths`` maps group id -> current width for the prunable, non-frozen groups only, in a
-  fixed order, with the same ids at every step (groups never vanish: each keeps at least
-  one channel). The first ``start_step`` fixes the base widths unless ``base_widths`` is
-  given.
-- ``multiple`` is the profile's channel multiple: a group's kept width is a multiple of it
-  (a group narrower than ``multiple`` is left alone); 1 disables rounding.
+- ``task.widths`` maps group id -> current width for the prunable groups only, in a fixed
+  order, with the same ids at every step (groups never vanish: each keeps at least one
+  channel). ``task.grids`` lists the widths a group may keep (the device's channel grid).
 - ``observe`` takes the outcomes of proposed candidates (matched by ``Candidate.tag``), in
   any order and in one or several calls; ``propose`` refuses while some are outstanding.
-  A candidate that could not be built or failed its forward check: report it with
-  ``reward=float("-inf")``; it never becomes a choice.
+  A candidate that could not be built: report it with ``reward=float("-inf")``; it never
+  becomes a choice.
 - Two candidates with equal ``keep`` give the same model: the loop may cache outcomes by
   :meth:`Candidate.key` (it must still report one outcome per proposed tag).
 - ``end_step(accepted, previous_accuracy)``: ``accepted.accuracy`` is the proxy accuracy of
@@ -49,11 +43,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from edgeprune.errors import SearchError
 from edgeprune.pipeline.plan import channel_grid
+from edgeprune.pipeline.search.task import StepTask
 
 
 @dataclass(frozen=True)
@@ -124,17 +119,9 @@ class Searcher(Protocol):
 
     name: str
     reward_kind: str
-    needs_scores: bool
 
-    def start_step(
-        self,
-        widths: Mapping[int, int],
-        step_channels: int,
-        multiple: int = 1,
-        *,
-        base_widths: Mapping[int, int] | None = None,
-    ) -> None:
-        """Begin a prune step (or redo one) from the current group widths."""
+    def start_step(self, task: StepTask) -> None:
+        """Begin a prune step (or redo one)."""
         ...
 
     def propose(self) -> list[Candidate]:
@@ -288,53 +275,29 @@ def _snap_up(keep_real: float, width: int, multiple: int) -> int:
     return grid[min(i, len(grid) - 1)]
 
 
-def validate_step_inputs(widths: Mapping[int, int], step_channels: int, multiple: int) -> None:
-    """Raise SearchError naming the bad argument of ``start_step``."""
-    if not widths:
+def candidate_from_keep(
+    task: StepTask, keep: Mapping[int, int], tag: str, pd: tuple[float, ...] | None = None
+) -> Candidate:
+    """A :class:`Candidate` keeping ``keep`` (channels removed counted against the widths)."""
+    plan = {int(g): int(keep[g]) for g in task.widths}
+    removed = sum(w - plan[g] for g, w in task.widths.items())
+    return Candidate(keep=plan, removed_channels=int(removed), pd=pd, tag=tag)
+
+
+def check_task(task: StepTask) -> None:
+    """Raise SearchError naming what is wrong with a step's task."""
+    if not task.widths:
         raise SearchError("no prunable groups: every group is frozen or ignored")
-    for gid, w in widths.items():
+    for gid, w in task.widths.items():
+        grid = task.grids.get(gid)
         if int(w) != w or w < 1:
             raise SearchError(f"group {gid} has width {w!r}; widths must be integers >= 1")
-    if int(step_channels) != step_channels or step_channels < 1:
-        raise SearchError(
-            f"step_channels must be an integer >= 1, got {step_channels!r}; raise step_fraction"
-        )
-    if int(multiple) != multiple or multiple < 1:
-        raise SearchError(f"channel multiple must be an integer >= 1, got {multiple!r}")
-
-
-@dataclass
-class StepState:
-    """The current step's inputs, kept by every searcher (mutable, internal)."""
-
-    widths: dict[int, int] = field(default_factory=dict)
-    step_channels: int = 0
-    multiple: int = 1
-
-    @property
-    def ids(self) -> list[int]:
-        return list(self.widths)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "widths": [[g, w] for g, w in self.widths.items()],
-            "step_channels": self.step_channels,
-            "multiple": self.multiple,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StepState:
-        return cls(
-            {int(g): int(w) for g, w in d["widths"]}, int(d["step_channels"]), int(d["multiple"])
-        )
-
-
-def candidate_from_removal(
-    step: StepState, removed: Sequence[int], tag: str, pd: tuple[float, ...] | None = None
-) -> Candidate:
-    """Turn per-group removals (in ``step.ids`` order) into a :class:`Candidate`."""
-    keep = {g: w - r for (g, w), r in zip(step.widths.items(), removed, strict=True)}
-    return Candidate(keep=keep, removed_channels=int(sum(removed)), pd=pd, tag=tag)
+        if not grid or list(grid) != sorted(grid) or grid[-1] > w:
+            raise SearchError(f"group {gid}: its grid {grid!r} must ascend and end <= {w}")
+        if gid not in task.scores or len(task.scores[gid]) != w:
+            raise SearchError(f"group {gid} needs {w} importance scores")
+    if not (math.isfinite(task.target) and task.target > 0):
+        raise SearchError(f"the step target must be a positive number, got {task.target!r}")
 
 
 def check_state_kind(state: Mapping[str, Any], expected: str) -> None:
@@ -355,36 +318,18 @@ class OneShotSearcher:
     """
 
     name = "one-shot"
-    reward_kind = "latency"
-    needs_scores = False
+    reward_kind = "accuracy"
 
     def __init__(self) -> None:
         self.step_index = 0
-        self.base_widths: dict[int, int] | None = None
-        self._step: StepState | None = None
+        self._task: StepTask | None = None
         self._candidate: Candidate | None = None
         self._proposed = False
         self.last_outcome: Outcome | None = None
 
-    def start_step(
-        self,
-        widths: Mapping[int, int],
-        step_channels: int,
-        multiple: int = 1,
-        *,
-        base_widths: Mapping[int, int] | None = None,
-    ) -> None:
-        validate_step_inputs(widths, step_channels, multiple)
-        if base_widths is not None:
-            self.base_widths = {int(g): int(w) for g, w in base_widths.items()}
-        elif self.base_widths is None:
-            self.base_widths = {int(g): int(w) for g, w in widths.items()}
-        if list(self.base_widths) != [int(g) for g in widths]:
-            raise SearchError(
-                "the prunable groups differ from the base widths' groups; "
-                "pass the same groups in the same order every step"
-            )
-        self._step = StepState({int(g): int(w) for g, w in widths.items()}, step_channels, multiple)
+    def start_step(self, task: StepTask) -> None:
+        check_task(task)
+        self._task = task
         self._candidate = None
         self._proposed = False
         self.last_outcome = None
@@ -403,41 +348,32 @@ class OneShotSearcher:
             self.last_outcome = out
 
     def choose(self) -> Candidate:
-        step = self._require_step("choose")
+        task = self._require_step("choose")
         if self._candidate is None:
-            self._candidate = self._make_candidate(step, f"step{self.step_index}/{self.name}")
+            self._candidate = self._make_candidate(task, f"step{self.step_index}/{self.name}")
         return self._candidate
 
     def end_step(self, accepted: Outcome, previous_accuracy: float) -> bool:
         self._require_step("end_step")
         self.step_index += 1
-        self._step = None
+        self._task = None
         return True
 
-    def _make_candidate(self, step: StepState, tag: str) -> Candidate:
+    def _make_candidate(self, task: StepTask, tag: str) -> Candidate:
         raise NotImplementedError
 
-    def _require_step(self, what: str) -> StepState:
-        if self._step is None:
+    def _require_step(self, what: str) -> StepTask:
+        if self._task is None:
             raise SearchError(f"{what}() called outside a step; call start_step() first")
-        return self._step
+        return self._task
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.name,
-            "version": 1,
-            "step_index": self.step_index,
-            "base_widths": None
-            if self.base_widths is None
-            else [[g, w] for g, w in self.base_widths.items()],
-        }
+        return {"kind": self.name, "version": 2, "step_index": self.step_index}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check_state_kind(state, self.name)
         try:
             self.step_index = int(state["step_index"])
-            base = state["base_widths"]
-            self.base_widths = None if base is None else {int(g): int(w) for g, w in base}
         except (KeyError, TypeError, ValueError) as exc:
             raise SearchError(
                 f"corrupt searcher state in the checkpoint ({exc!r}); start a new run directory"

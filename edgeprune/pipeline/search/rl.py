@@ -5,9 +5,17 @@ specific, and DESIGN.md "The algorithm" where we differ:
 
 - PD starts proportional to group width (``reinitialize_PD`` in the reference code).
 - Each candidate PD is ``PD + N(0, 1) * noise * U(0, 1)`` (one U per candidate), clamped
-  at ``prob_floor`` and renormalised; its channel split comes from
-  :func:`~edgeprune.pipeline.search.base.allocate_removal` (on the channel-multiple grid,
-  where the reference rounds to single channels).
+  at ``prob_floor`` and renormalised. Where the reference removes a fixed number of
+  channels split by PD, here the split is of the channels the step's knapsack plan removes
+  (water-filled by PD, snapped to the channel grid), and then *projected* onto the step's
+  cost target (:func:`~edgeprune.pipeline.search.knapsack.project`: step down by least
+  importance lost per ms saved while over, grow back by most importance per ms while it
+  fits). Every candidate of a step therefore has the same predicted latency, and the
+  reward is the proxy accuracy alone (``accuracy``; the MnasNet latency-exponent reward
+  stays an option and ``rl-flops`` is the paper's FLOPs reward).
+- The first epoch of every step also proposes the knapsack's plan and global magnitude's
+  plan for the same target (tags ``.../knapsack`` and ``.../magnitude``), their PDs read
+  off their removals: the policy can only add to them.
 - A replay buffer keeps the best ``buffer_size`` (reward, PD) rows of the step. After each
   RL epoch, if the epoch's best reward beats the step's best so far,
   ``PD' = PD + step_length * (PD* - PD)`` (PD* = buffer's best), clamp, renormalise, then
@@ -37,12 +45,14 @@ from edgeprune.errors import SearchError
 from edgeprune.pipeline.search.base import (
     Candidate,
     Outcome,
-    StepState,
-    allocate_removal,
-    candidate_from_removal,
+    candidate_from_keep,
     check_state_kind,
-    validate_step_inputs,
+    check_task,
+    water_fill,
 )
+from edgeprune.pipeline.search.knapsack import project, solve_knapsack
+from edgeprune.pipeline.search.magnitude import magnitude_plan
+from edgeprune.pipeline.search.task import Keep, StepTask, snap_up
 
 EPSILON_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 
@@ -201,8 +211,6 @@ class RLSearcher:
         reward_kind: The reward the loop should compute for this searcher.
     """
 
-    needs_scores = False
-
     def __init__(
         self,
         settings: RLSettings | None = None,
@@ -219,7 +227,8 @@ class RLSearcher:
         self.group_ids: list[int] | None = None
         self.step_index = 0  # accepted steps so far
         self.redo_count = 0  # redos of the current step
-        self._step: StepState | None = None
+        self._step: StepTask | None = None
+        self._seeds: dict[str, Keep] | None = None
         self._epoch = 0
         self._pending: dict[str, Candidate] = {}
         self._epoch_rows: list[_Row] = []
@@ -230,26 +239,20 @@ class RLSearcher:
 
     # -- ask/tell ------------------------------------------------------------------
 
-    def start_step(
-        self,
-        widths: Mapping[int, int],
-        step_channels: int,
-        multiple: int = 1,
-        *,
-        base_widths: Mapping[int, int] | None = None,
-    ) -> None:
+    def start_step(self, task: StepTask) -> None:
         """Begin (or redo) a prune step; the first call fixes the groups and PD."""
-        validate_step_inputs(widths, step_channels, multiple)
-        ids = [int(g) for g in widths]
+        check_task(task)
+        ids = [int(g) for g in task.widths]
         if self.group_ids is None:
             self.group_ids = ids
-            self.pd = initial_pd([int(widths[g]) for g in widths])
+            self.pd = initial_pd([int(task.widths[g]) for g in task.widths])
         elif ids != self.group_ids:
             raise SearchError(
                 f"the prunable groups changed between steps ({self.group_ids} -> {ids}); "
                 "pass the same groups in the same order every step"
             )
-        self._step = StepState({int(g): int(w) for g, w in widths.items()}, step_channels, multiple)
+        self._step = task
+        self._seeds = None
         self._epoch = 0
         self._pending = {}
         self._epoch_rows = []
@@ -269,14 +272,19 @@ class RLSearcher:
             return []
         assert self.pd is not None
         s = self.settings
-        widths = list(step.widths.values())
         redo = f"/redo{self.redo_count}" if self.redo_count else ""
+        prefix = f"step{self.step_index}{redo}/epoch{self._epoch}"
+        seeds = self._seed_plans(step)
         batch = []
+        if self._epoch == 0:
+            for name, keep in seeds.items():
+                pd = _pd_of(step, keep, s.prob_floor)
+                batch.append(candidate_from_keep(step, keep, f"{prefix}/{name}", pd))
+        n_remove = max(sum(step.widths.values()) - sum(seeds["knapsack"].values()), 1)
         for i in range(s.samples):
             pd = sample_pd(self.pd, self.rng, s.noise, s.prob_floor)
-            removed = allocate_removal(pd.tolist(), widths, step.step_channels, step.multiple)
-            tag = f"step{self.step_index}{redo}/epoch{self._epoch}/sample{i}"
-            batch.append(candidate_from_removal(step, removed, tag, tuple(pd.tolist())))
+            keep = project(step, _split(step, pd, n_remove))
+            batch.append(candidate_from_keep(step, keep, f"{prefix}/sample{i}", tuple(pd.tolist())))
         self._pending = {c.tag: c for c in batch}
         return batch
 
@@ -325,6 +333,7 @@ class RLSearcher:
         if drop > s.collapse_drop and self.redo_count < s.max_redos:
             self.pd = initial_pd(list(step.widths.values()))
             self.redo_count += 1
+            self._seeds = None
             self._step = None  # the loop must call start_step again
             return False
         self.step_index += 1
@@ -351,7 +360,13 @@ class RLSearcher:
 
     # -- internals -----------------------------------------------------------------
 
-    def _require_step(self, what: str) -> StepState:
+    def _seed_plans(self, task: StepTask) -> dict[str, Keep]:
+        """The knapsack's and global magnitude's plans for this step (computed once)."""
+        if self._seeds is None:
+            self._seeds = {"knapsack": solve_knapsack(task), "magnitude": magnitude_plan(task)}
+        return self._seeds
+
+    def _require_step(self, what: str) -> StepTask:
         if self._step is None:
             raise SearchError(f"{what}() called outside a step; call start_step() first")
         return self._step
@@ -381,7 +396,7 @@ class RLSearcher:
         """JSON-serialisable state, RNG included: a reload continues bit-for-bit."""
         return {
             "kind": "rl",
-            "version": 1,
+            "version": 2,
             "name": self.name,
             "settings": asdict(self.settings),
             "rng": self.rng.bit_generator.state,
@@ -389,7 +404,6 @@ class RLSearcher:
             "group_ids": self.group_ids,
             "step_index": self.step_index,
             "redo_count": self.redo_count,
-            "step": None if self._step is None else self._step.to_dict(),
             "epoch": self._epoch,
             "pending": [c.to_dict() for c in self._pending.values()],
             "epoch_rows": [_row_dict(r) for r in self._epoch_rows],
@@ -409,8 +423,7 @@ class RLSearcher:
             self.group_ids = None if ids is None else [int(g) for g in ids]
             self.step_index = int(state["step_index"])
             self.redo_count = int(state["redo_count"])
-            step = state["step"]
-            self._step = None if step is None else StepState.from_dict(step)
+            self._step = None  # a step is redone on resume: the driver calls start_step
             self._epoch = int(state["epoch"])
             self._pending = {c.tag: c for c in (Candidate.from_dict(d) for d in state["pending"])}
             self._epoch_rows = [_row_from(d) for d in state["epoch_rows"]]
@@ -435,3 +448,19 @@ def _row_dict(r: _Row) -> dict[str, Any]:
 def _row_from(d: Mapping[str, Any]) -> _Row:
     reward = -math.inf if d["reward"] is None else float(d["reward"])
     return _Row(reward, int(d["order"]), Candidate.from_dict(d["candidate"]))
+
+
+def _pd_of(task: StepTask, keep: Keep, floor: float) -> tuple[float, ...]:
+    """A plan's removals as a distribution over groups (clamped, renormalised)."""
+    removed = np.array([task.widths[g] - keep[g] for g in task.widths], dtype=np.float64)
+    if removed.sum() <= 0:
+        removed = np.ones_like(removed)
+    return tuple(_clamp_renorm(removed / removed.sum(), floor).tolist())
+
+
+def _split(task: StepTask, pd: np.ndarray, n_remove: int) -> Keep:
+    """``n_remove`` channels split by ``pd`` (water-filled, capped at each group's floor)."""
+    groups = list(task.widths)
+    caps = [task.widths[g] - task.grids[g][0] for g in groups]
+    ideal = water_fill(pd.tolist(), caps, n_remove)
+    return {g: snap_up(task, g, task.widths[g] - x) for g, x in zip(groups, ideal, strict=True)}

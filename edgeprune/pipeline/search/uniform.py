@@ -1,68 +1,64 @@
-"""Uniform baseline: the same pruning ratio in every group.
+"""Uniform baseline: the same keep ratio of the base width in every group.
 
-Each step raises one cumulative ratio ``rho`` (of the base widths) so that about
-``step_channels`` more channels go: ``rho = (removed so far + step_channels) / base total``.
-Every group keeps ``base_width * (1 - rho)`` rounded to the nearest multiple of the
-channel multiple, clamped to ``[floor, current width]``. With a coarse multiple that
-rounding can leave the step empty; then ``rho`` is raised to the smallest value that
-removes something, so the baseline never stalls while there is capacity left.
+One knob, ``rho`` (fraction of each group's *base* width removed): every group keeps the
+width on its channel grid nearest ``base_width * (1 - rho)``, clamped to ``[floor, current
+width]``. The step's ``rho`` is the smallest one (bisection) whose plan meets the step's
+cost target, so uniform lands where every other searcher lands.
 """
 
 from __future__ import annotations
 
-from edgeprune.pipeline.plan import channel_grid
-from edgeprune.pipeline.search.base import (
-    Candidate,
-    OneShotSearcher,
-    StepState,
-    candidate_from_removal,
-    channel_floor,
-)
+from collections.abc import Mapping
+
+from edgeprune.pipeline.search.base import Candidate, OneShotSearcher, candidate_from_keep
+from edgeprune.pipeline.search.task import Keep, StepTask
 
 
-def uniform_keep(base_width: int, width: int, rho: float, multiple: int) -> int:
-    """Width a group keeps at cumulative ratio ``rho`` (nearest on the channel grid)."""
-    target = base_width * (1.0 - rho)
-    snapped = min(channel_grid(base_width, multiple), key=lambda k: (abs(k - target), -k))
-    return min(width, max(channel_floor(width, multiple), snapped))
+def uniform_keep(task: StepTask, base_widths: Mapping[int, int], rho: float) -> Keep:
+    """Each group at the grid width nearest ``base * (1 - rho)`` (<= its current width)."""
+    keep = {}
+    for g, w in task.widths.items():
+        target = base_widths.get(g, w) * (1.0 - rho)
+        allowed = [k for k in task.grids[g] if k <= w]
+        keep[g] = min(allowed, key=lambda k, t=target: (abs(k - t), -k))
+    return keep
 
 
-def uniform_removal(
-    base_widths: list[int], widths: list[int], step_channels: int, multiple: int
-) -> list[int]:
-    """Per-group removals of one uniform step (see the module docstring)."""
-    base_total = sum(base_widths)
-
-    def removal(rho: float) -> list[int]:
-        return [
-            w - uniform_keep(b, w, rho, multiple) for b, w in zip(base_widths, widths, strict=True)
-        ]
-
-    rho = min(1.0, (base_total - sum(widths) + step_channels) / base_total)
-    out = removal(rho)
-    if sum(out) > 0 or sum(removal(1.0)) == 0:
-        return out
-    lo, hi = rho, 1.0  # removal(lo) == 0 < removal(hi); removal grows with rho
-    for _ in range(60):
+def uniform_plan(task: StepTask, base_widths: Mapping[int, int]) -> Keep:
+    """The smallest ``rho`` whose uniform plan fits the target (the floor plan if none)."""
+    if task.fits(uniform_keep(task, base_widths, 0.0)):
+        return uniform_keep(task, base_widths, 0.0)
+    lo, hi = 0.0, 1.0
+    if not task.fits(uniform_keep(task, base_widths, hi)):
+        return uniform_keep(task, base_widths, hi)
+    for _ in range(40):
         mid = 0.5 * (lo + hi)
-        if sum(removal(mid)) > 0:
+        if task.fits(uniform_keep(task, base_widths, mid)):
             hi = mid
         else:
             lo = mid
-    return removal(hi)
+    return uniform_keep(task, base_widths, hi)
 
 
 class UniformSearcher(OneShotSearcher):
-    """Same ratio everywhere, one candidate per step (reward only logged)."""
+    """Same ratio everywhere, one candidate per step, found by bisection on the target."""
 
     name = "uniform"
 
-    def _make_candidate(self, step: StepState, tag: str) -> Candidate:
-        assert self.base_widths is not None
-        removed = uniform_removal(
-            list(self.base_widths.values()),
-            list(step.widths.values()),
-            step.step_channels,
-            step.multiple,
-        )
-        return candidate_from_removal(step, removed, tag)
+    def __init__(self) -> None:
+        super().__init__()
+        self.base_widths: dict[int, int] | None = None
+
+    def _make_candidate(self, task: StepTask, tag: str) -> Candidate:
+        if self.base_widths is None:
+            self.base_widths = dict(task.widths)
+        return candidate_from_keep(task, uniform_plan(task, self.base_widths), tag)
+
+    def state_dict(self) -> dict:
+        base = None if self.base_widths is None else [[g, w] for g, w in self.base_widths.items()]
+        return {**super().state_dict(), "base_widths": base}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        super().load_state_dict(state)
+        base = state.get("base_widths")
+        self.base_widths = None if base is None else {int(g): int(w) for g, w in base}

@@ -1,0 +1,405 @@
+"""The prune-step loop of ``edgeprune compress``, the same for every searcher.
+
+A step: the step's cost target comes from the schedule (:mod:`.schedule`); the searcher
+proposes candidates that all meet it by the cost model; each is evaluated (prune a copy,
+BN re-estimation, validation-subset accuracy, reward, see :mod:`.evaluator`); the chosen
+plan is then *landed*: measured for real (latency: interleaved with the baseline), the
+cost model corrected with the measurement, and re-planned (pruned further, or channels
+grown back by importance per ms) until the measurement falls in the step's window — for
+the last step, within ``landing_tolerance`` below the goal. Then the plan is applied,
+recovered by a short distillation, and the step is committed to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from edgeprune.errors import SearchError
+from edgeprune.pipeline.finetune import distill_
+from edgeprune.pipeline.groups import GroupSet, build_groups, count_macs_params
+from edgeprune.pipeline.importance import TaylorImportance, get_importance
+from edgeprune.pipeline.plan import PruningPlan
+from edgeprune.pipeline.prune import prune
+from edgeprune.pipeline.reward import Metrics, RewardSettings, make_reward
+from edgeprune.pipeline.run_context import RunContext, rebuild
+from edgeprune.pipeline.search import Outcome, Searcher, make_searcher
+from edgeprune.pipeline.search.evaluator import evaluate_candidate, step_task
+from edgeprune.pipeline.search.knapsack import project
+from edgeprune.pipeline.search.schedule import Goal, goal_from
+from edgeprune.pipeline.search.task import StepTask
+
+Keep = dict[int, int]
+
+
+def _reward_fn(ctx: RunContext, searcher: Searcher, budget_ms: float | None) -> Any:
+    cfg = ctx.config.search.reward
+    kind = cfg.kind if ctx.config.search.searcher == "rl" else searcher.reward_kind
+    if kind == "accuracy":
+        return lambda m: float(m.accuracy)
+    if kind == "latency" and budget_ms is None:
+        raise SearchError(
+            "search.reward.kind 'latency' needs a latency goal (--budget-ms or --speedup); "
+            "use reward kind 'accuracy' or 'flops' with sparsity / flops_ratio goals"
+        )
+    settings = RewardSettings(
+        kind=kind,
+        budget_ms=budget_ms,
+        w=cfg.w,
+        mode=cfg.mode,
+        flops_coef=cfg.coef,
+        params_coef=cfg.coef,
+        base_macs=ctx.base_groups.macs,
+        base_params=ctx.base_groups.params,
+    )
+    return make_reward(settings)
+
+
+def _importance(ctx: RunContext) -> Any:
+    name = ctx.config.search.criterion
+    if name != "taylor":
+        return get_importance(name)
+    return TaylorImportance(lambda: zip(ctx.taylor_inputs, ctx.taylor_labels, strict=True))
+
+
+def _check_same_groups(base: GroupSet, now: GroupSet) -> None:
+    if [g.name for g in base.prunable] != [g.name for g in now.prunable]:
+        raise SearchError(
+            "the pruned model's channel groups no longer match the base model's; "
+            "this model is not supported by multi-step pruning (please report it)"
+        )
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def _measure(
+    ctx: RunContext, goal: Goal, model: nn.Module, keep: Keep, st: dict[str, Any]
+) -> float:
+    """The goal's metric of ``model``: measured latency (ms) or counted MACs / channels."""
+    if goal.kind == "latency":
+        return _measure_latency(ctx, model, st)
+    if goal.kind == "macs":
+        return float(count_macs_params(model, ctx.example)[0])
+    return float(sum(keep.values()))
+
+
+def _goal(ctx: RunContext, st: dict[str, Any]) -> Goal:
+    prunable = sum(g.width for g in ctx.base_groups.prunable)
+    return goal_from(ctx.config, st["baseline_ms"], ctx.base_groups.macs, prunable)
+
+
+def _initial_state(ctx: RunContext) -> dict[str, Any]:
+    stats = ctx.oracle.measure(ctx.base)
+    baseline_ms = stats.p50_ms
+    st: dict[str, Any] = {"baseline_ms": baseline_ms}
+    goal = _goal(ctx, st)
+    base_keep = {g.id: g.width for g in ctx.base_groups.prunable}
+    ctx.cost.calibration.add(ctx.cost.raw(base_keep), goal.start)
+    _check_reachable(ctx, goal)
+    base_acc = ctx.proxy_accuracy(_copy(ctx.base))
+    return {
+        "phase": "search",
+        "step": 0,
+        "redos": 0,
+        "baseline_ms": baseline_ms,
+        "baseline_stats": stats.summary(),
+        "budget_ms": goal.value if goal.kind == "latency" else None,
+        "goal_kind": goal.kind,
+        "goal_value": goal.value,
+        "value": goal.start,
+        "latency_ms": baseline_ms,
+        "macs": ctx.base_groups.macs,
+        "params": ctx.base_groups.params,
+        "sparsity": 0.0,
+        "accuracy": base_acc,
+        "baseline_proxy_accuracy": base_acc,
+        "removed_base": {},
+        "survivors": {str(g.id): list(range(g.width)) for g in ctx.base_groups.prunable},
+        "steps": [],
+        "log_rows": 0,
+        "searcher": None,
+        "stop_reason": None,
+        "multiple": ctx.multiple,
+        "kd_epochs": 0.0,
+        "calibration": list(ctx.cost.calibration.pairs),
+        "lut_samples": [],
+    }
+
+
+def _check_reachable(ctx: RunContext, goal: Goal) -> None:
+    """Refuse, before touching the model, a goal below what channel pruning can reach."""
+    floor = {g.id: _grid_floor(ctx, g.id) for g in ctx.base_groups.prunable}
+    reachable = ctx.cost.predict(floor)
+    ctx.timings["predicted_floor"] = reachable
+    if reachable <= goal.value:
+        return
+    if goal.kind == "latency":
+        raise SearchError(
+            f"the budget {goal.value:.3f} ms is below the fastest this model gets by pruning "
+            f"channels on {ctx.profile.name}: {reachable:.3f} ms predicted with every group "
+            "at its narrowest. Options: a looser budget (>= that floor), FP16/INT8 where the "
+            "profile allows it, or a smaller architecture"
+        )
+    raise SearchError(
+        f"the {goal.kind} goal {goal.value:.4g} is below what pruning can reach "
+        f"({reachable:.4g} with every group at its narrowest); loosen the goal"
+    )
+
+
+def _grid_floor(ctx: RunContext, gid: int) -> int:
+    from edgeprune.pipeline.plan import channel_grid
+
+    g = ctx.base_groups[gid]
+    return channel_grid(g.width, ctx.multiple, g.channel_step)[0]
+
+
+def search(ctx: RunContext, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None) -> dict:
+    """Run prune steps until the goal is met (or nothing is left); return the final state."""
+    cfg = ctx.config
+    if checkpoint is None:
+        st = _initial_state(ctx)
+        model = _copy(ctx.base).eval()
+        ctx.run.save_checkpoint(st, model.state_dict())
+    else:
+        st, weights = checkpoint
+        model = rebuild(ctx, st["removed_base"], weights)
+        ctx.run.truncate_log(st["log_rows"])  # drop candidates of the unfinished step
+        ctx.multiple = st["multiple"]
+        for raw, value in st["calibration"]:
+            ctx.cost.calibration.add(raw, value)
+        ctx.console.print(f"[bold]resuming[/] after step {st['step']} ({st['phase']})")
+    if st["phase"] != "search":
+        return {**st, "model": model}
+    goal = _goal(ctx, st)
+    settings = {**cfg.search.model_dump(), "total_steps_estimate": goal.steps}
+    searcher = make_searcher(cfg.search.searcher, settings, seed=cfg.seed)
+    if st["searcher"] is not None:
+        searcher.load_state_dict(st["searcher"])
+    reward = _reward_fn(ctx, searcher, st["budget_ms"])
+    importance = _importance(ctx)
+    t_search = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=ctx.console,
+        transient=False,
+    ) as bar:
+        task_id = bar.add_task("search", total=goal.steps, completed=st["step"], info="")
+        while st["value"] > goal.value * (1 + 1e-9):
+            if st["step"] >= cfg.goal.max_steps:
+                st["stop_reason"] = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
+                break
+            new = _one_step(ctx, st, model, searcher, reward, importance, goal, (bar, task_id))
+            if new is None:
+                st["stop_reason"] = (
+                    "nothing left to remove that the cost model says is faster: the goal is "
+                    "out of reach for this model and channel grid; kept the smallest model found"
+                )
+                break
+            model = new
+            bar.update(task_id, completed=st["step"], total=max(goal.steps, st["step"]))
+    st["search_s"] = st.get("search_s", 0.0) + time.perf_counter() - t_search
+    if st["stop_reason"] is None:
+        st["stop_reason"] = "goal met"
+    st["phase"] = "finetune"
+    ctx.run.save_checkpoint(st, model.state_dict())
+    return {**st, "model": model}
+
+
+def _land(
+    ctx: RunContext,
+    st: dict[str, Any],
+    model: nn.Module,
+    groups: GroupSet,
+    task: StepTask,
+    keep: Keep,
+    goal: Goal,
+    window: tuple[float, float],
+) -> tuple[Keep, float, float, list[dict[str, Any]]]:
+    """Measure ``keep``; correct the cost model and re-plan until it lands in ``window``.
+
+    Returns the plan, its measured value, its prediction before measuring, and the tries.
+    A plan above the window is pruned further (greedy by least importance per ms); one
+    below it grows back the channels with the most importance per ms that still fit.
+    """
+    lo, hi = window
+    tries: list[dict[str, Any]] = []
+    for _ in range(ctx.config.search.landing_tries):
+        predicted = ctx.cost.predict(keep)
+        arch = prune(model, groups, PruningPlan(keep=keep), "l1", verify=False).model
+        measured = _measure(ctx, goal, arch, keep, st)
+        raw = ctx.cost.raw(keep)
+        ctx.cost.calibration.add(raw, measured)
+        tries.append({"keep": dict(keep), "predicted": predicted, "measured": measured})
+        if lo <= measured <= hi:
+            break
+        # Local correction: the model missed this plan by measured/predicted; aim the next
+        # plan's prediction so that the same miss lands it on the target.
+        miss = measured / max(ctx.cost.predict(keep), 1e-12)
+        nxt = project(dataclasses.replace(task, target=task.target / miss), keep)
+        if nxt == keep or any(t["keep"] == nxt for t in tries):
+            break
+        keep = nxt
+    inside = [t for t in tries if lo <= t["measured"] <= hi]
+    under = [t for t in tries if t["measured"] <= hi]
+    if inside:
+        best = max(inside, key=lambda t: t["measured"])
+    elif under:
+        best = max(under, key=lambda t: t["measured"])
+    else:
+        best = min(tries, key=lambda t: t["measured"])
+    return best["keep"], best["measured"], best["predicted"], tries
+
+
+def _one_step(
+    ctx: RunContext,
+    st: dict[str, Any],
+    model: nn.Module,
+    searcher: Any,
+    reward: Any,
+    importance: Any,
+    goal: Goal,
+    progress: tuple[Progress, Any],
+) -> nn.Module | None:
+    """One prune step; returns the new model, or None when nothing is left to prune."""
+    cfg = ctx.config
+    bar, task_id = progress
+    groups = build_groups(model, ctx.example, ignored_layers=cfg.search.ignored_layers)
+    _check_same_groups(ctx.base_groups, groups)
+    step = st["step"] + 1
+    index = st["step"]
+    final = goal.is_final(index)
+    target = goal.target(index)
+    tol = cfg.search.landing_tolerance
+    # The last step aims a little inside its window so that measurement noise stays in it.
+    aim = target * (1 - tol / 3) if final else target
+    window = ((1 - tol) * target, target) if final else (0.0, target * (1 + tol))
+    task = step_task(ctx, model, groups, importance, aim, index, final)
+    prev_acc = st["accuracy"]
+    while True:  # repeated only when the collapse guard asks to redo the step
+        searcher.start_step(task)
+        seen: dict[Any, tuple[Outcome, dict[str, Any]]] = {}
+        best = float("-inf")
+        n = 0
+        while batch := searcher.propose():
+            outs = []
+            for cand in batch:
+                key = cand.key()
+                if key not in seen:
+                    seen[key] = evaluate_candidate(ctx, model, groups, cand, importance, reward)
+                out, row = seen[key]
+                outs.append(dataclasses.replace(out, candidate=cand))
+                ctx.run.log_candidate({"step": step, **row, "tag": cand.tag})
+                st["log_rows"] += 1
+                n += 1
+                best = max(best, out.reward)
+                bar.update(
+                    task_id,
+                    description=f"step {step}",
+                    info=f"{n} cand | best reward {best:.4f} | target {aim:.4g} {goal.kind}",
+                )
+            searcher.observe(outs)
+        kept = searcher.choose()
+        keep, measured, predicted, tries = _land(
+            ctx, st, model, groups, task, dict(kept.keep), goal, window
+        )
+        if keep == task.widths:
+            return None
+        res = prune(model, groups, PruningPlan(keep=keep), importance)
+        new = res.model
+        scored = seen.get(tuple(sorted(keep.items())))
+        if scored is not None:  # scored this step: reuse (pruning and BN are deterministic)
+            out = scored[0]
+            ctx.proxy_accuracy(new)  # puts the model in the scored BN state
+            acc, macs, params = out.accuracy, out.macs, out.params
+        else:
+            acc = ctx.proxy_accuracy(new)
+            macs, params = count_macs_params(new, ctx.example)
+        accepted = Outcome(kept, reward_of(reward, acc, predicted, macs, params), acc, None, macs)
+        if searcher.end_step(accepted, prev_acc):
+            break
+        st["redos"] += 1
+        ctx.console.print(
+            f"step {step}: accuracy collapsed ({prev_acc:.3f} -> {acc:.3f}); policy reset, "
+            "redoing the step"
+        )
+    ft = None
+    if cfg.finetune.step_epochs > 0:
+        ft = distill_(
+            new, ctx.base, ctx.data, cfg.finetune, cfg.finetune.step_epochs, seed=cfg.seed + step
+        )
+        st["kd_epochs"] += cfg.finetune.step_epochs
+    latency_ms = measured if goal.kind == "latency" else _measure_latency(ctx, new, st)
+    for gid, ix in res.removed.items():
+        gone = set(ix)
+        surv = st["survivors"][str(gid)]
+        st["survivors"][str(gid)] = [s for i, s in enumerate(surv) if i not in gone]
+    st["removed_base"] = {
+        str(g.id): sorted(set(range(g.width)) - set(st["survivors"][str(g.id)]))
+        for g in ctx.base_groups.prunable
+    }
+    total = sum(g.width for g in ctx.base_groups.prunable)
+    kept_total = sum(len(v) for v in st["survivors"].values())
+    st.update(
+        step=step,
+        value=measured,
+        latency_ms=latency_ms,
+        macs=macs,
+        params=params,
+        sparsity=1 - kept_total / total,
+        accuracy=ctx.proxy_accuracy(_copy(new)),
+        searcher=searcher.state_dict(),
+        calibration=list(ctx.cost.calibration.pairs),
+    )
+    if goal.kind == "latency":
+        st["lut_samples"].append(
+            {"removed_base": st["removed_base"], "latency_ms": measured, "predicted_ms": predicted}
+        )
+    st["steps"].append(
+        {
+            "step": step,
+            "target": target,
+            "final": final,
+            "candidates": n,
+            "best_reward": best,
+            "chosen": kept.tag,
+            "chosen_reward": accepted.reward,
+            "landing_tries": [
+                {"predicted": t["predicted"], "measured": t["measured"]} for t in tries
+            ],
+            "proxy_accuracy_before_ft": acc,
+            "val_accuracy_after_ft": None if ft is None else ft.best_val_acc,
+            "proxy_accuracy_after_ft": st["accuracy"],
+            "predicted_ms": predicted if goal.kind == "latency" else None,
+            "latency_ms": latency_ms,
+            "value": measured,
+            "macs": macs,
+            "params": params,
+            "widths": {str(g): k for g, k in keep.items()},
+        }
+    )
+    ctx.run.save_checkpoint(st, new.state_dict())
+    unit = "ms" if goal.kind == "latency" else goal.kind
+    ctx.console.print(
+        f"step {step}: {n} candidates, kept {kept.tag} | proxy acc {st['accuracy']:.3f} | "
+        f"{measured:.4g} {unit} (predicted {predicted:.4g}, {len(tries)} measured) vs target "
+        f"{target:.4g} | MACs {macs / 1e6:.1f}M"
+    )
+    return new
+
+
+def reward_of(reward: Any, acc: float, latency: float, macs: int, params: int) -> float:
+    return float(reward(Metrics(acc, latency, macs, params)))
+
+
+def _measure_latency(ctx: RunContext, model: nn.Module, st: dict[str, Any]) -> float:
+    return st["baseline_ms"] * ctx.oracle.measure_vs_baseline(model, ctx.base).ratio

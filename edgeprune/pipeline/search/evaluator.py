@@ -1,0 +1,87 @@
+"""One candidate's evaluation: prune a copy, re-estimate BatchNorm, score, predict its cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from edgeprune.errors import PruningError
+from edgeprune.pipeline.groups import GroupSet, count_macs_params
+from edgeprune.pipeline.plan import PruningPlan, channel_grid
+from edgeprune.pipeline.prune import prune
+from edgeprune.pipeline.reward import Metrics
+from edgeprune.pipeline.run_context import RunContext
+from edgeprune.pipeline.search.base import Candidate, Outcome
+from edgeprune.pipeline.search.task import StepTask, normalize_scores
+
+
+def predicted_latency_ms(ctx: RunContext, keep: dict[int, int]) -> float | None:
+    """The cost model's latency (latency goals) or the LUT's (other goals), else None."""
+    if ctx.cost.kind == "latency":
+        return ctx.cost.predict(keep)
+    if ctx.predictor is not None:
+        return None  # the LUT is calibrated only for latency goals' cost model
+    return None
+
+
+def evaluate_candidate(
+    ctx: RunContext,
+    model: nn.Module,
+    groups: GroupSet,
+    cand: Candidate,
+    importance: Any,
+    reward: Any,
+) -> tuple[Outcome, dict[str, Any]]:
+    """Score ``cand`` on a pruned copy of ``model``; a plan the engine rejects scores -inf.
+
+    Only :class:`PruningError` (the engine refusing or failing to verify a plan) marks a
+    candidate failed; any other exception is a bug and propagates.
+    """
+    plan = PruningPlan(keep=dict(cand.keep), channel_multiple=1)
+    try:
+        res = prune(model, groups, plan, importance)
+    except PruningError as exc:
+        row: dict[str, Any] = {"tag": cand.tag, "error": str(exc).splitlines()[0][:300]}
+        return Outcome(cand, float("-inf"), 0.0), row
+    acc = ctx.proxy_accuracy(res.model)
+    latency = predicted_latency_ms(ctx, dict(cand.keep))
+    macs, params = count_macs_params(res.model, ctx.example)
+    r = reward(Metrics(acc, latency, macs, params))
+    row = {
+        "tag": cand.tag,
+        "keep": {str(g): k for g, k in cand.keep.items()},
+        "removed_channels": cand.removed_channels,
+        "accuracy": acc,
+        "latency_ms": latency,
+        "latency_source": "lut" if ctx.predictor is not None else "macs-fit",
+        "predicted_cost": ctx.cost.predict(dict(cand.keep)),
+        "macs": macs,
+        "params": params,
+        "reward": r,
+    }
+    return Outcome(cand, r, acc, latency, macs, params), row
+
+
+def step_task(
+    ctx: RunContext,
+    model: nn.Module,
+    groups: GroupSet,
+    importance: Any,
+    target: float,
+    index: int,
+    final: bool,
+) -> StepTask:
+    """The step's question: widths, channel grids, normalised importance, cost and target."""
+    widths = {g.id: g.width for g in groups.prunable}
+    grids = {}
+    for g in groups.prunable:
+        base = ctx.base_groups[g.id]
+        grid = channel_grid(base.width, ctx.multiple, base.channel_step)
+        grids[g.id] = tuple(k for k in grid if k <= g.width) or (g.width,)
+    scores = {
+        g.id: normalize_scores(np.asarray(importance(g, model, g.width), dtype=np.float64))
+        for g in groups.prunable
+    }
+    return StepTask(widths, grids, scores, ctx.cost, target, index=index, final=final)
