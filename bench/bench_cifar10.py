@@ -37,11 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling helper modul
 
 from peer_methods import (
     METHODS,
-    SPECS,
     BenchSettings,
     budget_tag,
     digest,
-    macs_goal,
     method_config,
     prepare_data,
     run_method,
@@ -88,14 +86,14 @@ def smoke_settings(archive: str) -> BenchSettings:
         smoke_per_class=20,
         limit=None,
         baseline_epochs=1,
-        step_fraction=0.2,
+        steps=2,
         samples=2,
         rl_epochs=1,
         val_subset=50,
         bn_batches=1,
         max_steps=4,
-        step_epochs=1,
-        final_epochs=1,
+        step_epochs=0.5,
+        total_epochs=2.0,
         repeats=5,
         blocks=2,
     )
@@ -126,17 +124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training images incl. validation (0 = all); test capped alike",
     )
     p.add_argument("--epochs", type=int, default=d.baseline_epochs, help="baseline epochs")
-    p.add_argument("--step-epochs", type=int, default=d.step_epochs, help="KD epochs per step")
-    p.add_argument("--final-epochs", type=int, default=d.final_epochs, help="final KD epochs")
-    p.add_argument("--step-fraction", type=float, default=d.step_fraction)
+    p.add_argument("--weights", help="baseline state_dict to use instead of training one")
+    p.add_argument("--step-epochs", type=float, default=d.step_epochs, help="KD epochs per step")
+    p.add_argument("--total-epochs", type=float, default=d.total_epochs, help="KD epochs in all")
+    p.add_argument("--steps", type=int, default=d.steps, help="latency steps to the budget")
     p.add_argument("--samples", type=int, default=d.samples, help="RL candidates per epoch")
     p.add_argument("--rl-epochs", type=int, default=d.rl_epochs)
-    p.add_argument(
-        "--match",
-        choices=("budget", "edgeprune"),
-        default=d.match,
-        help="MACs goal of uniform/magnitude: the budget fraction or edgeprune's MACs",
-    )
     p.add_argument("--repeats", type=int, default=d.repeats, help="final benchmark runs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (1: see README)")
@@ -146,18 +139,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.smoke:
         return smoke_settings(args.data)
-    methods = tuple(m for m in METHODS if m in args.methods)  # edgeprune first: others use it
-    needs_edge = [
-        m
-        for m in methods
-        if SPECS[m].goal == "edgeprune-macs"
-        or (SPECS[m].goal == "macs" and args.match == "edgeprune")
-    ]
-    if needs_edge and "edgeprune" not in methods:
-        raise EdgepruneError(
-            f"{', '.join(needs_edge)} take their MACs target from edgeprune; add edgeprune to "
-            "--methods (or use --match budget)"
-        )
+    methods = tuple(m for m in METHODS if m in args.methods)
     if any(not 0 < b < 1 for b in args.budgets):
         raise EdgepruneError(f"--budgets {args.budgets}: each must be a fraction in (0, 1)")
     return BenchSettings(
@@ -167,12 +149,12 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         profile=args.profile,
         budgets=tuple(args.budgets),
         methods=methods,
-        match=args.match,
-        step_fraction=args.step_fraction,
+        weights=args.weights,
+        steps=args.steps,
         samples=args.samples,
         rl_epochs=args.rl_epochs,
         step_epochs=args.step_epochs,
-        final_epochs=args.final_epochs,
+        total_epochs=args.total_epochs,
         repeats=args.repeats,
         seed=args.seed,
         threads=args.threads,
@@ -269,7 +251,6 @@ def run(
     runs = []
     t = time.perf_counter()
     for fraction in settings.budgets:
-        edge_report = None
         for method in settings.methods:
             console.rule(f"[bold]{method}[/] at {100 * fraction:.0f}% of the baseline p50")
             cfg = method_config(
@@ -279,14 +260,11 @@ def run(
                 profile=prof_ref,
                 source=info.source,
                 weights=base.weights,
-                flops_ratio=macs_goal(method, fraction, settings, edge_report),
             )
             mr = run_method(
                 method, fraction, cfg, root / f"{method}-b{budget_tag(fraction)}", console
             )
             console.print(f"{method} @ {100 * fraction:.0f}%: {mr.status} in {mr.wall_s:.0f} s")
-            if method == "edgeprune":
-                edge_report = mr.report
             runs.append(mr)
     timings["method_runs"] = time.perf_counter() - t
 
@@ -318,7 +296,7 @@ def run(
         "onnx_sha256": base_m["onnx_sha256"],
     }
     rows = [
-        method_row(name, mr, fb["per_model"][name], base_row, settings.step_epochs)
+        method_row(name, mr, fb["per_model"][name], base_row)
         for name, mr in zip(list(onnx)[1:], runs, strict=True)
     ]
     timings["total"] = time.perf_counter() - t0

@@ -1,18 +1,21 @@
 """Pieces of the CIFAR-10 peer benchmark (``bench_cifar10.py``): data, baseline, method runs.
 
 Every method is one ``edgeprune compress`` run (``edgeprune.pipeline.compress.compress``)
-with its own run config; they share the baseline weights, the data, the device profile and
-the fine-tuning schedule. Only the searcher, the channel rounding and the goal differ:
+with its own run config; they share the baseline weights, the data, the device profile, the
+goal and its stopping rule (speedup 1/fraction over the baseline p50, reached through the
+library's latency schedule and landed on interleaved measurements), and the KD budget.
+Only the searcher, the channel rounding and the criterion differ:
 
-=================== =========== ======== ====================================================
-method              searcher    rounding goal
-=================== =========== ======== ====================================================
-edgeprune           rl          yes      latency: speedup 1/fraction over the measured base
-rl-flops            rl-flops    yes      MACs ratio = edgeprune's final MACs / base MACs
-uniform             uniform     yes      MACs ratio = fraction (or edgeprune's, see below)
-magnitude           magnitude   no       MACs ratio = fraction (or edgeprune's)
-magnitude-rounded   magnitude   yes      MACs ratio = fraction (or edgeprune's)
-=================== =========== ======== ====================================================
+=================== =========== ======== =========================================
+method              searcher    rounding where the channels go
+=================== =========== ======== =========================================
+edgeprune           rl          yes      RL on top of knapsack + magnitude (accuracy)
+knapsack            knapsack    yes      most importance per ms (HALP-style)
+rl-flops            rl-flops    yes      RL-Pruner's FLOPs reward
+uniform             uniform     yes      one ratio everywhere
+magnitude           magnitude   no       Torch-Pruning global L2, no rounding
+magnitude-rounded   magnitude   yes      Torch-Pruning global L2 + our channel grid
+=================== =========== ======== =========================================
 """
 
 from __future__ import annotations
@@ -39,9 +42,14 @@ from edgeprune.models import load_model
 from edgeprune.pipeline.compress import compress
 from edgeprune.pipeline.train import evaluate, train
 
-#: Run order matters: rl-flops (and, with ``match="edgeprune"``, every MACs-goal method)
-#: takes its MACs target from the edgeprune run at the same budget.
-METHODS: tuple[str, ...] = ("edgeprune", "rl-flops", "uniform", "magnitude", "magnitude-rounded")
+METHODS: tuple[str, ...] = (
+    "edgeprune",
+    "knapsack",
+    "rl-flops",
+    "uniform",
+    "magnitude",
+    "magnitude-rounded",
+)
 
 
 @dataclass(frozen=True)
@@ -51,23 +59,22 @@ class MethodSpec:
     Attributes:
         searcher: ``search.searcher`` of the run.
         round_to_multiple: Round channel counts to the device's channel multiple.
-        criterion: Which channels inside a group go (magnitude: Torch-Pruning's L2).
-        goal: ``latency`` (speedup over the measured baseline), ``edgeprune-macs`` (MACs
-            ratio the edgeprune run reached) or ``macs`` (the benchmark's ``match`` rule).
+        criterion: Which channels inside a group go, and how the searcher ranks them
+            (magnitude: Torch-Pruning's L2).
     """
 
     searcher: str
     round_to_multiple: bool
     criterion: str
-    goal: str
 
 
 SPECS: dict[str, MethodSpec] = {
-    "edgeprune": MethodSpec("rl", True, "l1", "latency"),
-    "rl-flops": MethodSpec("rl-flops", True, "l1", "edgeprune-macs"),
-    "uniform": MethodSpec("uniform", True, "l1", "macs"),
-    "magnitude": MethodSpec("magnitude", False, "l2", "macs"),
-    "magnitude-rounded": MethodSpec("magnitude", True, "l2", "macs"),
+    "edgeprune": MethodSpec("rl", True, "l1"),
+    "knapsack": MethodSpec("knapsack", True, "l1"),
+    "rl-flops": MethodSpec("rl-flops", True, "l1"),
+    "uniform": MethodSpec("uniform", True, "l1"),
+    "magnitude": MethodSpec("magnitude", False, "l2"),
+    "magnitude-rounded": MethodSpec("magnitude", True, "l2"),
 }
 
 
@@ -86,10 +93,11 @@ class BenchSettings:
         profile: Device profile name or YAML path.
         budgets: Latency budgets as fractions of the baseline's measured p50.
         methods: Methods to run, in run order.
-        match: MACs goal of uniform/magnitude: ``budget`` (MACs ratio = budget fraction, the
-            FLOPs user's reading of a latency budget) or ``edgeprune`` (edgeprune's MACs).
-        step_fraction, samples, rl_epochs, val_subset, bn_batches, max_steps: Search knobs.
-        step_epochs, final_epochs: KD fine-tuning epochs after each step / at the end.
+        weights: Use these baseline weights (e.g. ``../shared/baselines/resnet20-cifar10.pt``)
+            instead of training one; their accuracy is measured, not trusted.
+        steps, samples, rl_epochs, val_subset, bn_batches, max_steps: Search knobs.
+        step_epochs, total_epochs: KD epochs after each step, and in all (the final
+            fine-tune gets the rest): the same budget for every method.
         repeats: Interleaved benchmark runs of the final measurement (medians are kept).
         blocks: Rounds per benchmark run (None: the profile's).
         seed: Seed of data split, training and search.
@@ -104,15 +112,15 @@ class BenchSettings:
     profile: str = "cpu-ort-1t"
     budgets: tuple[float, ...] = (0.5, 0.35)
     methods: tuple[str, ...] = METHODS
-    match: str = "budget"
-    step_fraction: float = 0.05
+    weights: str | None = None
+    steps: int = 3
     samples: int = 6
     rl_epochs: int = 3
     val_subset: int = 1000
     bn_batches: int = 4
-    max_steps: int = 40
-    step_epochs: int = 0
-    final_epochs: int = 8
+    max_steps: int = 10
+    step_epochs: float = 0.25
+    total_epochs: float = 8.0
     repeats: int = 5
     blocks: int | None = None
     seed: int = 0
@@ -217,7 +225,13 @@ class BaselineInfo:
 def train_baseline(
     settings: BenchSettings, info: DataInfo, cache: Path, console: Console
 ) -> BaselineInfo:
-    """Train the baseline once per config hash; later runs load it from the cache."""
+    """Train the baseline once per config hash; later runs load it from the cache.
+
+    With ``settings.weights`` the given checkpoint is used instead; its validation and test
+    accuracy are measured here on this benchmark's splits, never taken from its README.
+    """
+    if settings.weights:
+        return _given_baseline(settings, info, console)
     key = digest(
         {
             "model": settings.model,
@@ -257,6 +271,19 @@ def train_baseline(
     return BaselineInfo(key, weights, result.best_val_acc, test, result.wall_s, cached=False)
 
 
+def _given_baseline(settings: BenchSettings, info: DataInfo, console: Console) -> BaselineInfo:
+    weights = Path(settings.weights or "").expanduser()
+    if not weights.is_file():
+        raise DataError(f"baseline weights {weights} do not exist; pass --weights PATH.pt")
+    data = info.data
+    model = load_model(settings.model, data.num_classes, weights)
+    val = evaluate(model, data.val_x, data.val_y, data.mean, data.std)
+    test = evaluate(model, data.test_x, data.test_y, data.mean, data.std) if data.has_test else None
+    console.print(f"baseline {settings.model} from {weights}: val {val:.4f}, test {test}")
+    key = digest({"weights": sha256_file(weights), "model": settings.model})
+    return BaselineInfo(key, weights.resolve(), val, test, 0.0, cached=True)
+
+
 # ---------------------------------------------------------------------------- method runs
 
 
@@ -268,19 +295,14 @@ def method_config(
     profile: str,
     source: Path,
     weights: Path,
-    flops_ratio: float | None,
 ) -> RunConfig:
-    """The run config of ``method`` at budget ``fraction`` (``flops_ratio`` for MACs goals)."""
+    """The run config of ``method`` at budget ``fraction``.
+
+    Every method gets the same goal: a speedup judged on the interleaved ratio to the
+    baseline measured in the same run (drift of the machine between runs does not move it).
+    """
     spec = SPECS[method]
-    if spec.goal == "latency":
-        # A speedup goal is judged on the interleaved ratio to the baseline measured in the
-        # same run, so drift of the machine between runs does not move the target.
-        goal: dict[str, Any] = {"speedup": 1.0 / fraction}
-    else:
-        if flops_ratio is None:
-            raise ValueError(f"{method} needs a MACs ratio goal")
-        goal = {"flops_ratio": flops_ratio}
-    goal["max_steps"] = settings.max_steps
+    goal: dict[str, Any] = {"speedup": 1.0 / fraction, "max_steps": settings.max_steps}
     return RunConfig.validate_dict(
         {
             "seed": settings.seed,
@@ -293,7 +315,7 @@ def method_config(
                 "searcher": spec.searcher,
                 "round_to_multiple": spec.round_to_multiple,
                 "criterion": spec.criterion,
-                "step_fraction": settings.step_fraction,
+                "steps": settings.steps,
                 "samples": settings.samples,
                 "rl_epochs": settings.rl_epochs,
                 "val_subset": settings.val_subset,
@@ -301,26 +323,11 @@ def method_config(
             },
             "finetune": {
                 "step_epochs": settings.step_epochs,
-                "final_epochs": settings.final_epochs,
+                "total_epochs": settings.total_epochs,
             },
         },
         where=f"{method} run config",
     )
-
-
-def macs_goal(
-    method: str, fraction: float, settings: BenchSettings, edgeprune_report: dict[str, Any] | None
-) -> float | None:
-    """The MACs ratio a non-latency method aims at (None for the latency method)."""
-    goal = SPECS[method].goal
-    if goal == "latency":
-        return None
-    if goal == "edgeprune-macs" or settings.match == "edgeprune":
-        if edgeprune_report is None:
-            raise ValueError(f"{method} takes its MACs target from edgeprune: run edgeprune first")
-        ratio = edgeprune_report["final"]["macs"] / edgeprune_report["baseline"]["macs"]
-        return min(ratio, 0.999)
-    return fraction
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,6 @@ def method_row(
     run: Any,
     measured: Mapping[str, Any],
     base_report: Mapping[str, Any],
-    step_epochs: int,
 ) -> dict[str, Any]:
     """One results row from a method run (:class:`peer_methods.MethodRun`) and its
     final measurement."""
@@ -107,13 +106,14 @@ def method_row(
         "macs_ratio": macs_ratio,
         "speedup_per_macs_ratio": measured["speedup"] / macs_ratio,
         "goal": {k: rep["config"]["goal"][k] for k in ("speedup", "flops_ratio")},
+        "landed": [s.get("value") for s in rep["search"]["steps"]],
         "searcher": rep["config"]["search"]["searcher"],
         "round_to_multiple": rep["config"]["search"]["round_to_multiple"],
         "channel_multiple": rep["search"]["channel_multiple"],
         "stop_reason": rep["goal"]["stop_reason"],
         "steps": steps,
         "candidates": len(rep["search"]["candidates"]),
-        "kd_epochs": steps * step_epochs + rep["config"]["finetune"]["final_epochs"],
+        "kd_epochs": rep["search"]["kd_epochs"]["steps"] + rep["search"]["kd_epochs"]["final"],
         "search_s": timing.get("search"),
         "finetune_s": timing.get("final_finetune"),
         "run_s": timing.get("total"),
@@ -180,7 +180,8 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         f"test images. Baseline: {st['baseline_epochs']} epochs, test top-1 "
         f"{_pct(base['test_top1'])}, p50 {base['p50_ms']:.3f} ms, p90 {base['p90_ms']:.3f} ms, "
         f"{base['macs'] / 1e6:.2f}M MACs. Fine-tuning for every method: {st['step_epochs']} KD "
-        f"epoch(s) per step + {st['final_epochs']} final. Final latency: "
+        f"epoch(s) per step, {st['total_epochs']} in all ({st['steps']} latency steps, the "
+        "same stopping rule for every method). Final latency: "
         f"{res['final_benchmark']['repeats']} interleaved benchmark runs of all models "
         f"({res['final_benchmark']['blocks']} blocks each), medians.",
         "",

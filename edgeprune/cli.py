@@ -14,11 +14,16 @@ from pathlib import Path
 from edgeprune.errors import EdgepruneError
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, weights_required: bool = False) -> None:
+def _add_model_args(
+    p: argparse.ArgumentParser,
+    *,
+    weights_required: bool = False,
+    model_default: str | None = "resnet20",
+) -> None:
     p.add_argument(
         "--model",
-        default="resnet20",
-        help="zoo name (see `edgeprune models`) or package.module:factory",
+        default=model_default,
+        help="zoo name (see `edgeprune models`) or package.module:factory (default resnet20)",
     )
     p.add_argument(
         "--weights",
@@ -42,15 +47,34 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compress", help="prune + fine-tune a model to a latency budget")
-    _add_model_args(p)
-    p.add_argument("--data", default="digits", help="data path or 'digits' (embedded default)")
+    p = sub.add_parser(
+        "compress",
+        help="prune + fine-tune a model to a latency budget",
+        description="Flags override the --config file's values; --set overrides any field.",
+    )
+    _add_model_args(p, model_default=None)
+    p.add_argument("--data", default=None, help="data path or 'digits' (embedded default)")
     p.add_argument("--profile", default=None, help="profile name or YAML path")
     p.add_argument("--budget-ms", type=float, default=None)
     p.add_argument("--speedup", type=float, default=None, help="target p50 speedup vs baseline")
     p.add_argument("--sparsity", type=float, default=None, help="paper-style channel sparsity")
     p.add_argument("--flops-ratio", type=float, default=None, help="keep this MACs fraction")
-    p.add_argument("--searcher", default=None, help="rl | rl-flops | uniform | magnitude")
+    p.add_argument(
+        "--searcher", default=None, help="rl (default) | knapsack | magnitude | uniform | rl-flops"
+    )
+    p.add_argument("--criterion", default=None, help="l1 | l2 | taylor | bn_scale | cluster")
+    p.add_argument("--steps", type=int, default=None, help="latency steps to the budget")
+    p.add_argument("--kd-epochs", type=float, default=None, help="total KD fine-tune epochs")
+    p.add_argument(
+        "--ignore-layer", action="append", default=None, help="never prune this layer (repeatable)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        metavar="SECTION.KEY=VALUE",
+        help="override any run-config field, e.g. --set search.samples=8 (repeatable)",
+    )
     p.add_argument("--config", type=Path, default=None, help="run config YAML")
     p.add_argument("--out", type=Path, default=None, help="run directory")
     p.add_argument("--resume", type=Path, default=None, help="continue the run in this dir")

@@ -161,17 +161,31 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.resume is not None:
         compress(RunConfig(), args.resume, resume=True, console=console)
         return 0
+    config = compress_config(args)
+    out_dir = args.out or _default_run_dir(config)
+    console.print(f"run directory: {out_dir}", soft_wrap=True)
+    compress(config, out_dir, console=console)
+    return 0
+
+
+def compress_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The run config of ``edgeprune compress``: the --config file (or the defaults), then
+    the flags, then every ``--set`` in order."""
+    from edgeprune.config import RunConfig
+
     config = RunConfig.from_yaml(args.config) if args.config else RunConfig()
     raw = config.model_dump()
     model = raw["model"]
-    if args.model != "resnet20" or args.config is None:
-        model["name"] = args.model
-    for key, val in (("weights", args.weights), ("num_classes", args.num_classes)):
+    for key, val in (
+        ("name", args.model),
+        ("weights", args.weights),
+        ("num_classes", args.num_classes),
+    ):
         if val is not None:
             model[key] = val
     if args.trust_pickle:
         model["trust_pickle"] = True
-    if args.data != "digits" or args.config is None:
+    if args.data is not None:
         raw["data"]["source"] = args.data
     if args.profile:
         raw["profile"] = args.profile
@@ -182,16 +196,53 @@ def run_compress(args: argparse.Namespace) -> int:
         "flops_ratio": args.flops_ratio,
     }
     if any(v is not None for v in goals.values()):
-        raw["goal"] = {**raw["goal"], **goals}
-    if args.searcher:
-        raw["search"]["searcher"] = args.searcher
+        raw["goal"] = {**raw["goal"], **goals}  # a goal flag replaces the config's goal
+    search = raw["search"]
+    for key, val in (
+        ("searcher", args.searcher),
+        ("criterion", args.criterion),
+        ("steps", args.steps),
+        ("ignored_layers", args.ignore_layer),
+    ):
+        if val is not None:
+            search[key] = val
+    if args.kd_epochs is not None:
+        raw["finetune"]["total_epochs"] = args.kd_epochs
     if args.seed is not None:
         raw["seed"] = args.seed
-    config = RunConfig.validate_dict(raw, where="command line")
-    out_dir = args.out or _default_run_dir(config)
-    console.print(f"run directory: {out_dir}", soft_wrap=True)
-    compress(config, out_dir, console=console)
-    return 0
+    for item in args.set or ():
+        apply_override(raw, item)
+    return RunConfig.validate_dict(raw, where="command line")
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one ``section.key=value`` (value parsed as YAML) to a config dict, in place.
+
+    Raises:
+        EdgepruneError: not ``key=value``, or a path that names no field of the run config.
+    """
+    import yaml
+
+    path, sep, text = item.partition("=")
+    if not sep or not path.strip():
+        raise EdgepruneError(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. search.samples=8")
+    keys = path.strip().split(".")
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            raise EdgepruneError(
+                f"--set {item!r}: '{k}' is not a section of the run config "
+                f"(sections: {', '.join(x for x, v in raw.items() if isinstance(v, dict))})"
+            )
+        node = node[k]
+    if keys[-1] not in node:
+        raise EdgepruneError(
+            f"--set {item!r}: no field '{keys[-1]}' there (fields: {', '.join(node)})"
+        )
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise EdgepruneError(f"--set {item!r}: cannot parse the value ({exc})") from exc
 
 
 def _default_run_dir(config) -> Path:  # type: ignore[no-untyped-def]

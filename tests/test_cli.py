@@ -103,3 +103,44 @@ def test_profiles_list_and_show(capsys):
     assert "cpu-ort-1t" in capsys.readouterr().out
     assert main(["profiles", "show", "cpu-ort-2t"]) == 0
     assert "intra_op_threads: 2" in capsys.readouterr().out
+
+
+def _compress_config(argv: list[str]):
+    from edgeprune.cli import _parser
+    from edgeprune.commands import compress_config
+
+    return compress_config(_parser().parse_args(["compress", *argv]))
+
+
+def test_compress_flags_override_the_config_file_and_set_overrides_any_field(tmp_path):
+    from edgeprune.config import RunConfig
+
+    cfg = RunConfig.validate_dict(
+        {"model": {"name": "mobilenetv2"}, "data": {"source": "x.npz"}, "goal": {"sparsity": 0.5}}
+    )
+    path = tmp_path / "run.yaml"
+    path.write_text(cfg.to_yaml())
+    got = _compress_config(["--config", str(path)])
+    assert (got.model.name, got.data.source, got.goal.sparsity) == ("mobilenetv2", "x.npz", 0.5)
+    got = _compress_config(
+        ["--config", str(path), "--model", "resnet20", "--data", "digits", "--speedup", "3",
+         "--criterion", "taylor", "--steps", "5", "--kd-epochs", "2.5", "--ignore-layer",
+         "stem", "--set", "search.samples=9", "--set", "finetune.lr=0.02"]
+    )  # fmt: skip
+    assert (got.model.name, got.data.source) == ("resnet20", "digits")
+    assert got.goal.speedup == 3 and got.goal.sparsity is None  # a goal flag replaces the goal
+    assert (got.search.criterion, got.search.steps, got.search.samples) == ("taylor", 5, 9)
+    assert got.search.ignored_layers == ["stem"]
+    assert got.finetune.total_epochs == 2.5 and got.finetune.lr == 0.02
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [("search.samples", "SECTION.KEY=VALUE"), ("search.nope=1", "no field 'nope'"),
+     ("nosuch.x=1", "not a section"), ("search.samples=0", "samples")],
+)  # fmt: skip
+def test_compress_bad_set_says_what_to_write(item, match):
+    from edgeprune.errors import EdgepruneError
+
+    with pytest.raises(EdgepruneError, match=match):
+        _compress_config(["--set", item])

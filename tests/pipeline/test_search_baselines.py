@@ -1,9 +1,7 @@
-"""Uniform and magnitude baselines: allocation on hand-computed cases, and the magnitude
-ranking checked against Torch-Pruning's own global pruning on a tiny CNN."""
+"""Uniform and magnitude baselines driven to a cost target, and the magnitude ranking
+checked against Torch-Pruning's own global pruning on a tiny CNN."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -11,79 +9,72 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.errors import SearchError
 from edgeprune.pipeline.plan import channel_grid
-from edgeprune.pipeline.search import MagnitudeSearcher, Outcome, make_searcher
-from edgeprune.pipeline.search.magnitude import global_magnitude_removal, normalize_scores
-from edgeprune.pipeline.search.uniform import uniform_removal
+from edgeprune.pipeline.search import make_searcher
+from edgeprune.pipeline.search.cost import Calibration, CostModel, LayerCost
+from edgeprune.pipeline.search.magnitude import magnitude_keep, magnitude_plan
+from edgeprune.pipeline.search.task import StepTask, normalize_scores
+from edgeprune.pipeline.search.uniform import uniform_plan
 
 
-def test_uniform_same_ratio_everywhere_without_rounding() -> None:
-    # rho = 6 / 112: keeps 15.14 -> 15, 30.29 -> 30, 60.57 -> 61
-    assert uniform_removal([16, 32, 64], [16, 32, 64], 6, 1) == [1, 2, 3]
-    # the next step continues the cumulative ratio from the base widths: rho = 12/112
-    assert uniform_removal([16, 32, 64], [15, 30, 61], 6, 1) == [1, 1, 4]
+def _channels_task(widths: dict[int, int], target: float, multiple: int = 1, scores=None):
+    layers = [
+        LayerCost(f"l{g}", 1, w, (), ((g, 1),), lambda ci, co: float(co)) for g, w in widths.items()
+    ]
+    cost = CostModel(layers, widths, 0.0, Calibration(unit=1.0), "channels")
+    rng = np.random.default_rng(0)
+    scores = scores or {g: rng.random(w) for g, w in widths.items()}
+    grids = {g: channel_grid(w, multiple) for g, w in widths.items()}
+    return StepTask(widths, grids, scores, cost, target)
 
 
-def test_uniform_with_a_coarse_multiple_bumps_the_ratio_instead_of_stalling() -> None:
-    # rho = 11/224 rounds every group back to its width; the smallest ratio that removes
-    # something is just above 1/16, where the 128 group drops to 112
-    assert uniform_removal([32, 64, 128], [32, 64, 128], 11, 16) == [0, 0, 16]
-    # below one multiple the grid steps by a quarter multiple
-    assert uniform_removal([16, 16], [16, 16], 4, 16) == [4, 4]
-    # groups at their floor (a quarter multiple) give nothing; nothing left -> all zeros
-    assert uniform_removal([16, 16], [4, 4], 4, 16) == [0, 0]
+def test_uniform_same_ratio_everywhere_at_the_smallest_ratio_that_fits() -> None:
+    widths = {0: 16, 1: 32, 2: 64}
+    task = _channels_task(widths, target=56)
+    keep = uniform_plan(task, widths)
+    assert keep == {0: 8, 1: 16, 2: 32}
+    assert task.fits(keep)
+
+
+def test_uniform_with_a_coarse_multiple_still_lands_under_the_target() -> None:
+    widths = {0: 16, 1: 32, 2: 64}
+    task = _channels_task(widths, target=100, multiple=16)
+    keep = uniform_plan(task, widths)
+    assert task.fits(keep) and all(k in task.grids[g] for g, k in keep.items())
 
 
 def test_uniform_searcher_runs_the_contract() -> None:
     s = make_searcher("uniform")
-    s.start_step({3: 16, 5: 32, 8: 64}, 6, 1)
+    task = _channels_task({0: 16, 1: 32}, target=24)
+    s.start_step(task)
     (cand,) = s.propose()
     assert s.propose() == []
-    assert dict(cand.keep) == {3: 15, 5: 30, 8: 61} and cand.removed_channels == 6
-    s.observe([Outcome(cand, 0.5, 0.8)])
-    assert s.choose() == cand
-    assert s.end_step(Outcome(cand, 0.0, 0.1), 0.9) is True  # no collapse guard
-    state = json.loads(json.dumps(s.state_dict()))
-    again = make_searcher("uniform")
-    again.load_state_dict(state)
-    again.start_step(dict(cand.keep), 6, 1)
-    assert dict(again.choose().keep) == {3: 14, 5: 29, 8: 57}  # base widths restored
-    assert again.choose().tag == "step1/uniform"
+    assert task.fits(cand.keep) and cand.removed_channels == 24
+    assert s.state_dict()["base_widths"] == [[0, 16], [1, 32]]
 
 
 def test_normalize_scores_like_torch_pruning() -> None:
     s = np.array([1.0, 2.0, 3.0])
-    np.testing.assert_allclose(normalize_scores(s, "mean"), [0.5, 1.0, 1.5])
-    np.testing.assert_allclose(normalize_scores(s, "max"), [1 / 3, 2 / 3, 1.0])
-    np.testing.assert_allclose(normalize_scores(normalize_scores(s, "mean"), "mean"), [0.5, 1, 1.5])
+    np.testing.assert_allclose(normalize_scores(s, "mean"), s / 2.0)
+    np.testing.assert_allclose(normalize_scores(s, "max"), s / 3.0)
+    np.testing.assert_allclose(normalize_scores(np.zeros(3)), np.ones(3))
 
 
-def test_magnitude_removes_globally_smallest_normalised_channels() -> None:
-    a = np.array([1.0, 2.0, 3.0, 2.0])  # mean 2 -> [0.5, 1, 1.5, 1]
-    b = np.array([10.0, 30.0, 20.0, 40.0])  # mean 25 -> [0.4, 1.2, 0.8, 1.6]
-    # 3 smallest normalised: b0 (0.4), a0 (0.5), b2 (0.8)
-    assert global_magnitude_removal([a, b], [4, 4], 3, 1, round_to_multiple=False) == [1, 2]
-    # without normalisation the raw scores rank all of group a first
-    got = global_magnitude_removal([a, b], [4, 4], 3, 1, round_to_multiple=False, normalizer="none")
-    assert got == [3, 0]
-    # the floor (1 channel) stops group a; the next smallest come from b
-    got = global_magnitude_removal([a, b], [4, 4], 5, 1, round_to_multiple=False, normalizer="none")
-    assert got == [3, 2]
+def test_magnitude_removes_globally_smallest_channels_until_it_fits() -> None:
+    scores = {0: np.array([0.1, 5.0, 6.0, 7.0]), 1: np.array([0.2, 0.3, 8.0, 9.0])}
+    task = _channels_task({0: 4, 1: 4}, target=5, scores=scores)
+    assert magnitude_plan(task) == {0: 3, 1: 2}  # 0.1, 0.2, 0.3 went
 
 
-def test_magnitude_rounding_rounds_pruned_groups_down_to_the_multiple() -> None:
-    rng = np.random.default_rng(0)
-    scores = [rng.random(32), rng.random(64), rng.random(24)]
-    plain = global_magnitude_removal(scores, [32, 64, 24], 10, 8, round_to_multiple=False)
-    rounded = global_magnitude_removal(scores, [32, 64, 24], 10, 8, round_to_multiple=True)
-    assert sum(plain) == 10
-    for w, p, r in zip([32, 64, 24], plain, rounded, strict=True):
-        if p == 0:
-            assert r == 0
-        else:
-            assert (w - r) in channel_grid(w, 8) and r >= p
-            assert w - r == max(8, (w - p) // 8 * 8)
+def test_magnitude_rounding_rounds_pruned_groups_down_to_the_grid() -> None:
+    rng = np.random.default_rng(1)
+    widths = {0: 32, 1: 64}
+    task = _channels_task(
+        widths, target=80, multiple=8, scores={0: rng.random(32), 1: rng.random(64)}
+    )
+    keep = magnitude_plan(task)
+    assert task.fits(keep)
+    assert all(k in channel_grid(widths[g], 8) for g, k in keep.items())
 
 
 def _tiny_cnn() -> nn.Sequential:
@@ -111,10 +102,13 @@ def test_magnitude_matches_torch_pruning_global_pruning(ratio: float, round_to: 
     total = sum(widths.values())
     step = total - int(total * (1 - ratio))  # Torch-Pruning's n_pruned
 
-    s = make_searcher("magnitude", {"round_to_multiple": round_to is not None})
-    s.start_step(widths, step, round_to or 1)
-    s.set_scores(scores)
-    (cand,) = s.propose()
+    task = _channels_task(
+        widths,
+        target=total - step,
+        multiple=round_to or 1,
+        scores={i: normalize_scores(v) for i, v in scores.items()},
+    )
+    keep = magnitude_keep(task, step)
 
     ref = _tiny_cnn()
     pruner = tp.pruner.BasePruner(
@@ -127,17 +121,4 @@ def test_magnitude_matches_torch_pruning_global_pruning(ratio: float, round_to: 
         round_to=round_to,
     )
     pruner.step()
-    assert dict(cand.keep) == {i: ref[i].out_channels for i in convs}
-
-
-def test_magnitude_searcher_needs_valid_scores() -> None:
-    s = MagnitudeSearcher()
-    s.start_step({0: 4, 1: 4}, 2, 1)
-    with pytest.raises(SearchError, match="set_scores"):
-        s.propose()
-    with pytest.raises(SearchError, match="no scores for groups"):
-        s.set_scores({0: np.ones(4)})
-    with pytest.raises(SearchError, match="group 1 needs 4"):
-        s.set_scores({0: np.ones(4), 1: np.ones(3)})
-    with pytest.raises(SearchError, match="normalizer"):
-        make_searcher("magnitude", {"normalizer": "median"})
+    assert keep == {i: ref[i].out_channels for i in convs}

@@ -280,10 +280,9 @@ class RLSearcher:
             for name, keep in seeds.items():
                 pd = _pd_of(step, keep, s.prob_floor)
                 batch.append(candidate_from_keep(step, keep, f"{prefix}/{name}", pd))
-        n_remove = max(sum(step.widths.values()) - sum(seeds["knapsack"].values()), 1)
         for i in range(s.samples):
             pd = sample_pd(self.pd, self.rng, s.noise, s.prob_floor)
-            keep = project(step, _split(step, pd, n_remove))
+            keep = project_pd(step, pd)
             batch.append(candidate_from_keep(step, keep, f"{prefix}/sample{i}", tuple(pd.tolist())))
         self._pending = {c.tag: c for c in batch}
         return batch
@@ -458,9 +457,32 @@ def _pd_of(task: StepTask, keep: Keep, floor: float) -> tuple[float, ...]:
     return tuple(_clamp_renorm(removed / removed.sum(), floor).tolist())
 
 
-def _split(task: StepTask, pd: np.ndarray, n_remove: int) -> Keep:
+def split_by_pd(task: StepTask, pd: np.ndarray, n_remove: float) -> Keep:
     """``n_remove`` channels split by ``pd`` (water-filled, capped at each group's floor)."""
     groups = list(task.widths)
     caps = [task.widths[g] - task.grids[g][0] for g in groups]
     ideal = water_fill(pd.tolist(), caps, n_remove)
     return {g: snap_up(task, g, task.widths[g] - x) for g, x in zip(groups, ideal, strict=True)}
+
+
+def project_pd(task: StepTask, pd: np.ndarray) -> Keep:
+    """PD's plan on the target: the fewest channels, split by PD, whose removal fits.
+
+    Bisection on the number of channels removed keeps the *shape* PD asks for; the small
+    rest (grid rounding) is settled by :func:`project` (grow back by importance per ms, or
+    step down if the split alone cannot fit).
+    """
+    capacity = sum(w - task.grids[g][0] for g, w in task.widths.items())
+    if task.fits(split_by_pd(task, pd, 0)):
+        return project(task, split_by_pd(task, pd, 0))
+    lo, hi = 0.0, float(capacity)
+    if task.fits(split_by_pd(task, pd, hi)):
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            if task.fits(split_by_pd(task, pd, mid)):
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo < 0.5:
+                break
+    return project(task, split_by_pd(task, pd, hi))
