@@ -247,8 +247,9 @@ class LatencyLUT:
         """A copy fitted to real measurements: ``measured_ms ~ scale * raw + offset``.
 
         Least squares on two or more points; one point, points whose predictions lie within
-        10% of each other, or a fit that is not increasing keep ``scale`` at 1 and set
-        ``offset`` to the mean residual. ``self`` is unchanged.
+        10% of each other, or a fit with a negative slope or offset go through the origin
+        (``offset`` 0), so no smaller model is ever predicted at or below 0 ms. ``self`` is
+        unchanged.
 
         Args:
             measured: (model or channel dict, measured p50 in ms) pairs, e.g. from the

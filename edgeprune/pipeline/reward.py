@@ -1,6 +1,8 @@
 """Rewards that score a pruning candidate: pure functions of its metrics, no torch.
 
-Three kinds, picked by name (the searcher registry says which searcher uses which):
+Since every candidate of a step is projected onto the same latency target, the default
+reward of the ``rl`` searcher is the proxy accuracy itself (``accuracy``, computed by the
+driver); the kinds here are the options:
 
 - ``latency`` (ours): ``accuracy * (latency_ms / budget_ms) ** w``, MnasNet's soft
   constraint (Tan et al. 2019, eq. 2). ``mode="both"`` applies ``w`` on both sides of the
@@ -12,8 +14,9 @@ Three kinds, picked by name (the searcher registry says which searcher uses whic
   ``top1_acc + Q_FLOP_coef * FLOPs_ratio + Q_Para_coef * Para_ratio`` with
   ``FLOPs_ratio = 1 - model_FLOPs / original_FLOPs_num`` (and the same for parameters),
   both relative to the *unpruned* model. Its CLI default coefficients live in a settings
-  file we could not read; its example scripts run with 0.0. Our default 0.2 is our choice:
-  a nonzero coefficient is what makes ``rl-flops`` differ from accuracy-only RL.
+  file we could not read; its example scripts run with 0.0. The run config's
+  ``search.reward.coef`` (0.5) is the one source of the coefficient; a nonzero one is what
+  makes ``rl-flops`` differ from accuracy-only RL.
 
 ``accuracy`` is always a fraction in [0, 1] (top-1 on the validation split), never a
 percentage. MACs stand in for FLOPs (FLOPs ~ 2 x MACs; the ratio is the same).
@@ -152,8 +155,8 @@ class RewardSettings:
     budget_ms: float | None = None
     w: float = -0.07
     mode: str = "both"
-    flops_coef: float = 0.2
-    params_coef: float = 0.2
+    flops_coef: float = 0.5  # the run config's search.reward.coef is the source; same default
+    params_coef: float = 0.5
     base_macs: int | None = None
     base_params: int | None = None
 
