@@ -58,12 +58,12 @@ from peer_results import (
 from edgeprune import __version__
 from edgeprune._io import atomic_write_text
 from edgeprune.errors import EdgepruneError
+from edgeprune.latency.oracle import profile_fingerprint
 from edgeprune.models import load_model
 from edgeprune.pipeline.benchmark import benchmark
 from edgeprune.pipeline.export import export_onnx
-from edgeprune.pipeline.groups import count_macs_params
+from edgeprune.pipeline.pruning.groups import count_macs_params
 from edgeprune.profiles import DeviceProfile, load_profile
-from edgeprune.targets.oracle import profile_fingerprint
 from edgeprune.targets.timing import host_info
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from edgeprune._io import atomic_write_json, atomic_write_text
-from edgeprune.calibration.latency_lut import LatencyLUT
+from edgeprune.latency.lut import LatencyLUT
+from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import create_model
+from edgeprune.pipeline.export import export_onnx
 from edgeprune.profiles import load_profile
-from edgeprune.targets.oracle import LatencyOracle
 from edgeprune.targets.timing import host_info
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,7 +97,9 @@ def run(model_name: str, profile_name: str, n_variants: int, seed: int) -> dict:
         rebuild_s = time.perf_counter() - t0
         assert rebuilt.points_measured == 0
         specs = variants(model_name, n_variants, lut.multiple, seed)
-        oracle = LatencyOracle(profile, Path(tmp) / "oracle.jsonl", workdir=Path(tmp) / "onnx")
+        oracle = LatencyOracle(
+            profile, Path(tmp) / "oracle.jsonl", workdir=Path(tmp) / "onnx", export_fn=export_onnx
+        )
         rows = []
         for spec in [{"name": "base", "kind": "base", "stages": None, "inner": None}, *specs]:
             model = base

@@ -24,9 +24,9 @@ import torch_pruning as tp
 
 from edgeprune._io import atomic_write_json, atomic_write_text
 from edgeprune.models import create_model
-from edgeprune.pipeline.groups import build_groups, count_macs_params
-from edgeprune.pipeline.plan import plan_from_ratios
-from edgeprune.pipeline.prune import prune
+from edgeprune.pipeline.pruning.groups import build_groups, count_macs_params
+from edgeprune.pipeline.pruning.plan import plan_from_ratios
+from edgeprune.pipeline.pruning.prune import prune
 
 RESULTS = Path(__file__).parent / "results"
 

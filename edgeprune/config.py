@@ -88,11 +88,14 @@ class SearchConfig(_Section):
     )
     epsilon_decay_fraction: float = Field(0.1, gt=0, le=1)
     collapse_drop: float = Field(
-        0.3,
-        gt=0,
-        lt=1,
-        description="relative proxy-accuracy drop (before KD) that redoes a step; steps in "
-        "latency are larger than the reference's 1%-of-channels steps (its 0.1)",
+        0.1, gt=0, lt=1, description="relative proxy-accuracy drop (before KD) of the guard"
+    )
+    max_redos: int = Field(
+        0,
+        ge=0,
+        description="redos the collapse guard may ask per step (reference: 1). Off by default: "
+        "a latency step is far larger than the reference's 1%-of-channels steps, so a big "
+        "drop before KD is expected, and a redo re-scores the same seed plans",
     )
     criterion: Literal["l1", "l2", "taylor", "bn_scale", "random", "cluster"] = Field(
         "l1", description="importance of channels inside a group; every searcher ranks by it"

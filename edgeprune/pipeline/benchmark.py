@@ -23,12 +23,12 @@ from rich.table import Table
 from edgeprune._io import atomic_write_json, sha256_file
 from edgeprune.errors import TargetUnavailableError
 from edgeprune.profiles.schema import DeviceProfile
+from edgeprune.report.terminal import benchmark_table
 from edgeprune.targets.base import LatencyStats, Prepared, Target, target_for
 from edgeprune.targets.timing import block_settings, host_info, random_input, warmup_settings
 
 RESULT_VERSION = 1
 BENCHMARK_FILE = "benchmark.json"
-COV_WARN = 0.025  # trtexec warns above 2.5 %
 
 
 @dataclass(frozen=True)
@@ -231,20 +231,5 @@ def benchmark(
 
 
 def render_table(result: BenchmarkResult) -> Table:
-    """A terminal table: model, profile, p50/p90/p99 (ms), CoV (yellow above 2.5 %), speedup."""
-    table = Table(title=f"Latency on {result.host.get('cpu_model', 'this host')}")
-    for col in ("model", "profile", "p50 ms", "p90 ms", "p99 ms", "CoV", "speedup"):
-        table.add_column(col, justify="left" if col in ("model", "profile") else "right")
-    for e in result.entries:
-        lat = e.latency
-        cov = f"{lat.cov:.1%}"
-        table.add_row(
-            e.model,
-            e.profile,
-            f"{lat.p50_ms:.3f}",
-            f"{lat.p90_ms:.3f}",
-            f"{lat.p99_ms:.3f}",
-            f"[yellow]{cov}[/]" if lat.cov > COV_WARN else cov,
-            f"{e.speedup_vs_first:.2f}x",
-        )
-    return table
+    """The terminal table of a benchmark (see :func:`edgeprune.report.terminal.benchmark_table`)."""
+    return benchmark_table(result.to_dict())

@@ -22,9 +22,11 @@ from torch import nn
 from edgeprune.config import RunConfig
 from edgeprune.data import DataSplits, iterate_batches, load_data, stratified_draw
 from edgeprune.errors import SearchError
+from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import ModelSpec, load_model
+from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.finish import finish
-from edgeprune.pipeline.groups import build_groups
+from edgeprune.pipeline.pruning.groups import build_groups
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.run_dir import RunDir
 from edgeprune.pipeline.search.cost import (
@@ -37,7 +39,6 @@ from edgeprune.pipeline.search.driver import search
 from edgeprune.pipeline.train import train
 from edgeprune.profiles import load_profile
 from edgeprune.targets.base import require_available, target_for
-from edgeprune.targets.oracle import LatencyOracle
 
 
 def compress(
@@ -94,10 +95,12 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
     if not groups.prunable:
         raise SearchError(f"{spec.name} has no prunable channel groups; nothing to compress")
     multiple = config.search.channel_multiple or profile.channel_multiple
-    oracle = LatencyOracle(profile, run.oracle_cache, workdir=run.onnx_workdir)
+    oracle = LatencyOracle(
+        profile, run.oracle_cache, workdir=run.onnx_workdir, export_fn=export_onnx
+    )
     predictor = None
     if config.search.use_lut:
-        from edgeprune.calibration.latency_lut import LatencyLUT
+        from edgeprune.latency.lut import LatencyLUT
 
         console.print(f"[bold]latency lookup table[/] for {spec.name} on {profile.name} ...")
         # A multiple the config or the profile sets is the LUT's too; else it discovers one.
@@ -144,12 +147,17 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
 
 
 def _batches(data: DataSplits, idx: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """BN re-estimation batches, augmented like training (seeded, so every candidate sees
+    the same ones). The baseline's BN statistics were gathered on augmented images: on the
+    shared CIFAR-10 resnet20, re-estimating on 256 plain images cost 4.1 points of proxy
+    accuracy for the *unpruned* model (86.0% -> 81.9%; 81.5% with 1024), on augmented ones
+    none (86.1%)."""
     gen = torch.Generator().manual_seed(seed)
     return [
         x
         for x, _ in iterate_batches(
-            data.train_x[idx], data.train_y[idx], 64, shuffle=False, augment=False,
-            generator=gen, mean=data.mean, std=data.std,
+            data.train_x[idx], data.train_y[idx], 64, shuffle=False, augment=True,
+            generator=gen, mean=data.mean, std=data.std, flip=data.hflip_ok,
         )
     ]  # fmt: skip
 

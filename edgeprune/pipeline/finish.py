@@ -11,16 +11,15 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
 from edgeprune import __version__
 from edgeprune._io import atomic_write_json
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.finetune import distill_
-from edgeprune.pipeline.groups import count_macs_params
-from edgeprune.pipeline.plan import PruningPlan
-from edgeprune.pipeline.pruned_io import save_pruned
+from edgeprune.pipeline.pruning.groups import count_macs_params
+from edgeprune.pipeline.pruning.plan import PruningPlan
+from edgeprune.pipeline.pruning.pruned_io import save_pruned
 from edgeprune.pipeline.train import evaluate
+from edgeprune.report.terminal import compress_table
 from edgeprune.targets.timing import host_info
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, A
     _render(ctx)
     st["phase"] = "done"
     ctx.run.save_checkpoint(st, model.state_dict())
-    ctx.console.print(summary_table(report))
+    ctx.console.print(compress_table(report))
     if st["stop_reason"] != "goal met":
         ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st['stop_reason']}")
     ctx.console.print(f"report: {ctx.run.root / 'report.html'}", soft_wrap=True)
@@ -230,34 +229,3 @@ def _render(ctx: RunContext) -> None:
     from edgeprune.report import render_run
 
     render_run(ctx.run.root)
-
-
-def summary_table(report: dict[str, Any]) -> Table:
-    """Baseline vs final, for the terminal."""
-    prof = report["profile"]["name"]
-    b, f = report["baseline"], report["final"]
-    t = Table(title=f"edgeprune compress — {prof}")
-    for col in ("", "baseline", "pruned", "change"):
-        t.add_column(col, justify="right")
-
-    def acc(d: dict[str, Any], k: str) -> str:
-        v = d["accuracy"][k]
-        return "-" if v is None else f"{100 * v:.2f}%"
-
-    bp, fp = b["latency"][prof]["p50_ms"], f["latency"][prof]["p50_ms"]
-    t.add_row("p50 latency", f"{bp:.3f} ms", f"{fp:.3f} ms", f"{bp / fp:.2f}x faster")
-    budget = report["goal"]["budget_ms"]
-    if budget is not None:
-        t.add_row(
-            "budget", "", f"{budget:.3f} ms", "met" if report["goal"]["budget_met"] else "NOT met"
-        )
-    t.add_row(
-        "MACs",
-        f"{b['macs'] / 1e6:.2f}M",
-        f"{f['macs'] / 1e6:.2f}M",
-        f"{b['macs'] / max(f['macs'], 1):.2f}x fewer",
-    )
-    t.add_row("params", f"{b['params'] / 1e6:.3f}M", f"{f['params'] / 1e6:.3f}M", "")
-    t.add_row("val top-1", acc(b, "val"), acc(f, "val"), "")
-    t.add_row("test top-1", acc(b, "test"), acc(f, "test"), "")
-    return t

@@ -13,14 +13,14 @@ from torch import nn
 from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.config import RunConfig
 from edgeprune.data import DataSplits
+from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import ModelSpec
-from edgeprune.pipeline.groups import GroupSet
-from edgeprune.pipeline.prune import apply_removed
+from edgeprune.pipeline.pruning.groups import GroupSet
+from edgeprune.pipeline.pruning.prune import apply_removed
 from edgeprune.pipeline.run_dir import RunDir
 from edgeprune.pipeline.search.cost import CostModel
 from edgeprune.pipeline.train import evaluate
 from edgeprune.profiles import DeviceProfile
-from edgeprune.targets.oracle import LatencyOracle
 
 
 @dataclass

@@ -19,6 +19,7 @@ from rich.table import Table as RichTable
 from edgeprune._io import atomic_write_bytes, atomic_write_text
 from edgeprune.report import benchmark_doc, compress_doc, html, markdown, plots
 from edgeprune.report.load import BENCHMARK_FILE, REPORT_FILE, ReportError, find_report, load_report
+from edgeprune.report.terminal import benchmark_table, compress_table
 
 _STEM = {"compress": "report", "benchmark": "benchmark"}
 _PRODUCER = {"compress": "edgeprune compress", "benchmark": "edgeprune benchmark MODEL.onnx ..."}
@@ -98,31 +99,7 @@ def render_any(path: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 def summary_table(report: dict[str, Any]) -> RichTable:
-    """The terminal summary of a loaded report (the same tables compress and benchmark print).
-
-    Heavy imports stay inside: the compress table lives with the pipeline that prints it.
-    """
+    """The terminal summary of a loaded report (the same tables compress and benchmark print)."""
     if report["kind"] == "compress":
-        from edgeprune.pipeline.finish import summary_table as compress_table
-
         return compress_table(report)
-    from edgeprune.pipeline.benchmark import BenchmarkEntry, BenchmarkResult, render_table
-    from edgeprune.targets.base import LatencyStats
-
-    entries = tuple(
-        BenchmarkEntry(
-            model=e["model"],
-            onnx_path=Path(e.get("onnx_path", "")),
-            onnx_sha256=e.get("onnx_sha256", ""),
-            profile=e["profile"],
-            profile_settings=e.get("profile_settings") or {},
-            latency=LatencyStats.from_dict(e["latency"]),
-            speedup_vs_first=e["speedup_vs_first"],
-            block_counts=tuple(e.get("block_counts") or ()),
-            block_positions=tuple(e.get("block_positions") or ()),
-        )
-        for e in report["entries"]
-    )
-    return render_table(
-        BenchmarkResult(report.get("created", ""), report.get("host") or {}, entries)
-    )
+    return benchmark_table(report)

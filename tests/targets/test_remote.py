@@ -14,9 +14,10 @@ import pytest
 
 from edgeprune.agent.client import AgentAuthError, AgentClient, AgentUnreachableError
 from edgeprune.errors import OnnxModelError, TargetUnavailableError
+from edgeprune.latency.oracle import LatencyOracle
+from edgeprune.pipeline.export import export_onnx
 from edgeprune.profiles import DeviceProfile, RemoteSettings, load_profile
 from edgeprune.targets.base import Target, require_available, target_for
-from edgeprune.targets.oracle import LatencyOracle
 from edgeprune.targets.remote import AgentPool, RemotePrepared, RemoteTarget
 from tests.agent.helpers import (
     FAST,
@@ -89,7 +90,7 @@ def test_oracle_measures_and_compares_on_the_agent(
 ) -> None:
     monkeypatch.setenv(TOKEN_ENV, agents[0].token)
     wide = export_tiny(tmp_path / "wide.onnx", width=24)
-    oracle = LatencyOracle(_remote_profile(agents[0].url), workdir=tmp_path)
+    oracle = LatencyOracle(_remote_profile(agents[0].url), workdir=tmp_path, export_fn=export_onnx)
     stats = oracle.measure(tiny_onnx)
     assert stats.settings["agent_url"] == agents[0].url
     cmp = oracle.measure_vs_baseline(wide, tiny_onnx, blocks=2)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from edgeprune.errors import SearchError
-from edgeprune.pipeline.plan import channel_grid
+from edgeprune.pipeline.pruning.plan import channel_grid
 from edgeprune.pipeline.search.task import StepTask
 
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from edgeprune.calibration.latency_lut import fit_positive
 from edgeprune.errors import SearchError
-from edgeprune.pipeline.groups import GroupSet
+from edgeprune.latency.lut import LatencyLUT, LayerTable, fit_positive, layer_channels
+from edgeprune.latency.lut_measure import enumerate_layers
+from edgeprune.pipeline.pruning.groups import GroupSet
 
 Keep = Mapping[int, int]
 
@@ -169,42 +170,45 @@ def _layer_terms(
     return terms
 
 
-def latency_cost_model(groups: GroupSet, lut: object, model: nn.Module) -> CostModel:
-    """Latency in ms from a :class:`~edgeprune.calibration.latency_lut.LatencyLUT`.
+def _scaled_table(table: LayerTable, calls: int, multiple: int) -> Callable[[int, int], float]:
+    def fn(c_in: int, c_out: int) -> float:
+        return calls * table.predict_us(c_in, c_out, multiple)
+
+    return _cached(fn)
+
+
+def _bilinear(per: float, calls: int, groups: int, depthwise: bool) -> Callable[[int, int], float]:
+    def fn(c_in: int, c_out: int) -> float:
+        return calls * per * (c_out if depthwise else c_in * c_out / groups)
+
+    return _cached(fn)
+
+
+def latency_cost_model(groups: GroupSet, lut: LatencyLUT, model: nn.Module) -> CostModel:
+    """Latency in ms from a :class:`~edgeprune.latency.lut.LatencyLUT`.
 
     Uncalibrated, the prediction is the LUT's per-layer sum plus the runtime's call overhead
     (us -> ms); :meth:`Calibration.add` corrects it with measurements.
     """
-    from edgeprune.calibration.latency_lut import layer_channels
-
-    specs = lut.layers  # type: ignore[attr-defined]
-    tables = lut._tables_by_layer  # type: ignore[attr-defined]
-    multiple = lut.multiple  # type: ignore[attr-defined]
+    specs = lut.layers
+    multiple = lut.multiple
     base_chans = layer_channels(model)
     terms = _layer_terms(groups, set(specs))
     layers = []
     for name, spec in specs.items():
         ins, outs = terms[name]
-        table = tables[name]
+        table = lut.tables[spec.config.key()]
         if table.config.groups_mode == "depthwise" and not ins:
             ins = list(outs)
-        fn = _cached(lambda ci, co, t=table, c=spec.calls: c * t.predict_us(ci, co, multiple))
+        fn = _scaled_table(table, spec.calls, multiple)
         cin, cout = base_chans.get(name, (spec.in_channels, spec.out_channels))
         layers.append(LayerCost(name, cin, cout, tuple(ins), tuple(outs), fn))
     widths = {g.id: g.width for g in groups}
-    return CostModel(
-        layers,
-        widths,
-        lut.overhead_us,
-        Calibration(unit=1e-3),
-        "latency",  # type: ignore[attr-defined]
-    )
+    return CostModel(layers, widths, lut.overhead_us, Calibration(unit=1e-3), "latency")
 
 
 def macs_cost_model(groups: GroupSet, model: nn.Module, input_shape: Sequence[int]) -> CostModel:
     """Multiply-accumulates of the conv and linear layers (the ``flops_ratio`` goal)."""
-    from edgeprune.calibration.lut_measure import enumerate_layers
-
     specs = enumerate_layers(model, input_shape)
     terms = _layer_terms(groups, {s.name for s in specs})
     layers = []
@@ -221,11 +225,10 @@ def macs_cost_model(groups: GroupSet, model: nn.Module, input_shape: Sequence[in
                 cfg.in_hw[1], cfg.kernel[1], cfg.stride[1], cfg.padding[1], cfg.dilation[1]
             )
             per = float(cfg.batch * cfg.kernel[0] * cfg.kernel[1] * oh * ow)
-        if cfg.groups_mode == "depthwise":
+        depthwise = cfg.groups_mode == "depthwise"
+        if depthwise:
             ins = ins or list(outs)
-            fn = _cached(lambda ci, co, p=per, c=s.calls: c * p * co)
-        else:
-            fn = _cached(lambda ci, co, p=per, c=s.calls, g=cfg.groups: c * p * ci * co / g)
+        fn = _bilinear(per, s.calls, cfg.groups, depthwise)
         layers.append(LayerCost(s.name, s.in_channels, s.out_channels, tuple(ins), tuple(outs), fn))
     widths = {g.id: g.width for g in groups}
     return CostModel(layers, widths, 0.0, Calibration(unit=1.0), "macs")
@@ -234,12 +237,16 @@ def macs_cost_model(groups: GroupSet, model: nn.Module, input_shape: Sequence[in
 def channels_cost_model(groups: GroupSet) -> CostModel:
     """Channels kept over the prunable groups (the ``sparsity`` goal)."""
     layers = [
-        LayerCost(f"group:{g.id}", 1, g.width, (), ((g.id, 1),), lambda ci, co: float(co))
+        LayerCost(f"group:{g.id}", 1, g.width, (), ((g.id, 1),), _kept_channels)
         for g in groups.prunable
     ]
     return CostModel(
         layers, {g.id: g.width for g in groups}, 0.0, Calibration(unit=1.0), "channels"
     )
+
+
+def _kept_channels(c_in: int, c_out: int) -> float:
+    return float(c_out)
 
 
 def _out_len(size: int, k: int, s: int, p: int, d: int) -> int:

@@ -22,15 +22,15 @@ from torch import nn
 
 from edgeprune.errors import SearchError
 from edgeprune.pipeline.finetune import distill_
-from edgeprune.pipeline.groups import GroupSet, build_groups, count_macs_params
-from edgeprune.pipeline.importance import TaylorImportance, get_importance
-from edgeprune.pipeline.plan import PruningPlan
-from edgeprune.pipeline.prune import prune
-from edgeprune.pipeline.reward import Metrics, RewardSettings, make_reward
+from edgeprune.pipeline.pruning.groups import GroupSet, build_groups, count_macs_params
+from edgeprune.pipeline.pruning.importance import TaylorImportance, get_importance
+from edgeprune.pipeline.pruning.plan import PruningPlan
+from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext, rebuild
 from edgeprune.pipeline.search import Outcome, Searcher, make_searcher
 from edgeprune.pipeline.search.evaluator import evaluate_candidate, step_task
 from edgeprune.pipeline.search.knapsack import project
+from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
 from edgeprune.pipeline.search.task import StepTask
 
@@ -154,7 +154,7 @@ def _check_reachable(ctx: RunContext, goal: Goal) -> None:
 
 
 def _grid_floor(ctx: RunContext, gid: int) -> int:
-    from edgeprune.pipeline.plan import channel_grid
+    from edgeprune.pipeline.pruning.plan import channel_grid
 
     g = ctx.base_groups[gid]
     return channel_grid(g.width, ctx.multiple, g.channel_step)[0]

@@ -8,12 +8,12 @@ import numpy as np
 from torch import nn
 
 from edgeprune.errors import PruningError
-from edgeprune.pipeline.groups import GroupSet, count_macs_params
-from edgeprune.pipeline.plan import PruningPlan, channel_grid
-from edgeprune.pipeline.prune import prune
-from edgeprune.pipeline.reward import Metrics
+from edgeprune.pipeline.pruning.groups import GroupSet, count_macs_params
+from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid
+from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.search.base import Candidate, Outcome
+from edgeprune.pipeline.search.reward import Metrics
 from edgeprune.pipeline.search.task import StepTask, normalize_scores
 
 

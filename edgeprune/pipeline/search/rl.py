@@ -277,9 +277,9 @@ class RLSearcher:
         seeds = self._seed_plans(step)
         batch = []
         if self._epoch == 0:
-            for name, keep in seeds.items():
-                pd = _pd_of(step, keep, s.prob_floor)
-                batch.append(candidate_from_keep(step, keep, f"{prefix}/{name}", pd))
+            for name, plan in seeds.items():
+                seed_pd = _pd_of(step, plan, s.prob_floor)
+                batch.append(candidate_from_keep(step, plan, f"{prefix}/{name}", seed_pd))
         for i in range(s.samples):
             pd = sample_pd(self.pd, self.rng, s.noise, s.prob_floor)
             keep = project_pd(step, pd)

@@ -20,7 +20,7 @@ def uniform_keep(task: StepTask, base_widths: Mapping[int, int], rho: float) -> 
     for g, w in task.widths.items():
         target = base_widths.get(g, w) * (1.0 - rho)
         allowed = [k for k in task.grids[g] if k <= w]
-        keep[g] = min(allowed, key=lambda k, t=target: (abs(k - t), -k))
+        keep[g] = min(allowed, key=lambda k: (abs(k - target), -k))
     return keep
 
 

@@ -14,9 +14,10 @@ from edgeprune.errors import PruningError
 from edgeprune.models import ZOO, create_model
 from edgeprune.models.resnet import resnet20_option_a
 from edgeprune.models.testing import GroupedConvNet, TinyConvNet
-from edgeprune.pipeline.groups import GroupSet, build_groups
-from edgeprune.pipeline.plan import PruningPlan, channel_grid, plan_from_ratios, round_keep
-from edgeprune.pipeline.prune import prune, zero_removed_
+from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
+from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid, plan_from_ratios, round_keep
+from edgeprune.pipeline.pruning.prune import prune
+from edgeprune.pipeline.pruning.surgery import zero_removed_
 
 FACTORIES = {name: (lambda n=name: create_model(n)) for name in sorted(ZOO)}
 FACTORIES["resnet20_option_a"] = resnet20_option_a

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from edgeprune.calibration.latency_lut import fit_positive
+from edgeprune.latency.lut import fit_positive
 from edgeprune.pipeline.search.cost import Calibration, CostModel, LayerCost
 from edgeprune.pipeline.search.knapsack import project, solve_knapsack
 from edgeprune.pipeline.search.magnitude import magnitude_plan

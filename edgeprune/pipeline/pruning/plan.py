@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from edgeprune.errors import PruningError
 
 if TYPE_CHECKING:
-    from edgeprune.pipeline.groups import GroupInfo, GroupSet
+    from edgeprune.pipeline.pruning.groups import GroupInfo, GroupSet
 
 __all__ = ["PruningPlan", "allowed_keep", "channel_grid", "plan_from_ratios", "round_keep"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgeprune.latency.oracle import LatencyOracle, arch_signature, profile_fingerprint
 from edgeprune.models.testing import TinyConvNet
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.profiles import MeasurementSettings, load_profile
-from edgeprune.targets.oracle import LatencyOracle, arch_signature, profile_fingerprint
 
 FAST = MeasurementSettings(
     warmup_iters=2, warmup_ms=0, min_iters=8, min_duration_ms=2, max_iters=200, blocks=3
@@ -49,7 +49,7 @@ def test_fingerprint_tracks_runtime_settings_not_loop_settings(profile) -> None:
 def test_cache_hits_skip_export_and_survive_a_new_oracle(profile, tmp_path: Path) -> None:
     cache = tmp_path / "latency.jsonl"
     work = tmp_path / "work"
-    oracle = LatencyOracle(profile, cache, workdir=work)
+    oracle = LatencyOracle(profile, cache, workdir=work, export_fn=export_onnx)
     first = oracle.measure(_tiny(16, seed=0))
     assert (oracle.hits, oracle.misses) == (0, 1)
     assert len(list(work.glob("*.onnx"))) == 1
@@ -67,7 +67,7 @@ def test_cache_hits_skip_export_and_survive_a_new_oracle(profile, tmp_path: Path
 
     # A resumed run reads the cache file and exports nothing.
     work2 = tmp_path / "work2"
-    resumed = LatencyOracle(profile, cache, workdir=work2)
+    resumed = LatencyOracle(profile, cache, workdir=work2, export_fn=export_onnx)
     assert len(resumed) == 2
     assert resumed.measure(_tiny(16, seed=7)).times_ms == first.times_ms
     assert (resumed.hits, resumed.misses) == (1, 0)
@@ -75,15 +75,15 @@ def test_cache_hits_skip_export_and_survive_a_new_oracle(profile, tmp_path: Path
 
     # Another profile ignores those rows.
     other = load_profile("cpu-ort-2t").model_copy(update={"measurement": FAST})
-    assert len(LatencyOracle(other, cache, workdir=work2)) == 0
+    assert len(LatencyOracle(other, cache, workdir=work2, export_fn=export_onnx)) == 0
 
 
 def test_cache_survives_a_torn_last_line(profile, tmp_path: Path) -> None:
     cache = tmp_path / "latency.jsonl"
-    LatencyOracle(profile, cache, workdir=tmp_path).measure(_tiny(8))
+    LatencyOracle(profile, cache, workdir=tmp_path, export_fn=export_onnx).measure(_tiny(8))
     with open(cache, "a", encoding="utf-8") as fh:
         fh.write('{"version": 1, "key": "abs|cut')  # a crash mid-append
-    resumed = LatencyOracle(profile, cache, workdir=tmp_path)
+    resumed = LatencyOracle(profile, cache, workdir=tmp_path, export_fn=export_onnx)
     resumed.measure(_tiny(8))
     assert (resumed.hits, resumed.misses) == (1, 0)
 
@@ -91,7 +91,7 @@ def test_cache_survives_a_torn_last_line(profile, tmp_path: Path) -> None:
 def test_measure_onnx_path_is_keyed_by_content(profile, tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     export_onnx(_tiny(8), profile, path)
-    oracle = LatencyOracle(profile, None, workdir=tmp_path)
+    oracle = LatencyOracle(profile, None, workdir=tmp_path, export_fn=export_onnx)
     stats = oracle.measure(path)
     assert stats.settings["intra_op_threads"] == 1
     oracle.measure(str(path))
@@ -99,7 +99,7 @@ def test_measure_onnx_path_is_keyed_by_content(profile, tmp_path: Path) -> None:
 
 
 def test_interleaved_ratio_sees_a_much_smaller_model(profile, tmp_path: Path) -> None:
-    oracle = LatencyOracle(profile, tmp_path / "c.jsonl", workdir=tmp_path)
+    oracle = LatencyOracle(profile, tmp_path / "c.jsonl", workdir=tmp_path, export_fn=export_onnx)
     small, big = _tiny(4), _tiny(64)
     result = oracle.measure_vs_baseline(small, big, blocks=4)
     cand, base, ratio = result

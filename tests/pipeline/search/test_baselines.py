@@ -9,7 +9,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.pipeline.plan import channel_grid
+from edgeprune.pipeline.pruning.plan import channel_grid
 from edgeprune.pipeline.search import make_searcher
 from edgeprune.pipeline.search.cost import Calibration, CostModel, LayerCost
 from edgeprune.pipeline.search.magnitude import magnitude_keep, magnitude_plan

@@ -135,8 +135,9 @@ class LatencyOracle:
             cache in memory only. Rows of other profiles or fingerprints are ignored.
         workdir: Where exported ONNX files go (a temporary directory when ``None``).
         settings: Loop settings; the profile's ``measurement`` when ``None``.
-        export_fn: ``(model, profile, out_path) -> ...`` writing an ONNX file; defaults to
-            :func:`edgeprune.pipeline.export.export_onnx`.
+        export_fn: ``(model, profile, out_path) -> ...`` writing an ONNX file, needed to
+            measure torch models (the pipeline passes
+            :func:`edgeprune.pipeline.export.export_onnx`); ONNX paths need none.
 
     Attributes:
         hits: Measurements answered from the cache.
@@ -228,10 +229,10 @@ class LatencyOracle:
         path = self.workdir / f"cand-{sig[:20]}.onnx"
         if not path.is_file():
             if self._export_fn is None:
-                # Imported here: targets must not import the pipeline at module import time.
-                from edgeprune.pipeline.export import export_onnx
-
-                self._export_fn = export_onnx
+                raise OnnxModelError(
+                    "this latency oracle has no ONNX exporter, so it measures ONNX files only; "
+                    "build it with export_fn=edgeprune.pipeline.export.export_onnx"
+                )
             self._export_fn(model_or_path, self.profile, path)
         return path
 

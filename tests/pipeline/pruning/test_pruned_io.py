@@ -11,10 +11,10 @@ import torch
 from edgeprune._io import sha256_file
 from edgeprune.errors import PruningError
 from edgeprune.models import ModelSpec
-from edgeprune.pipeline.groups import build_groups
-from edgeprune.pipeline.plan import plan_from_ratios
-from edgeprune.pipeline.prune import PruneResult, prune
-from edgeprune.pipeline.pruned_io import load_pruned, read_pruned_spec, save_pruned
+from edgeprune.pipeline.pruning.groups import build_groups
+from edgeprune.pipeline.pruning.plan import plan_from_ratios
+from edgeprune.pipeline.pruning.prune import PruneResult, prune
+from edgeprune.pipeline.pruning.pruned_io import load_pruned, read_pruned_spec, save_pruned
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgeprune.errors import SearchError
-from edgeprune.pipeline.plan import channel_grid
+from edgeprune.pipeline.pruning.plan import channel_grid
 from edgeprune.pipeline.search import (
     Candidate,
     Outcome,

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from edgeprune.errors import SearchError
-from edgeprune.pipeline.reward import (
+from edgeprune.pipeline.search.reward import (
     Metrics,
     RewardSettings,
     flops_reward,

@@ -1,7 +1,7 @@
 """Per-layer latency lookup table: predicts a candidate's latency in microseconds, no export.
 
 For each distinct layer configuration of a model (kernel, stride, padding, groups, input
-size; see :class:`~edgeprune.calibration.lut_measure.LayerConfig`) a grid of (c_in, c_out)
+size; see :class:`~edgeprune.latency.lut_measure.LayerConfig`) a grid of (c_in, c_out)
 is measured once per profile as one-layer ONNX graphs on the profile's target, and cached on
 disk (``$EDGEPRUNE_CACHE/lut/<profile fingerprint>/<config key>.json``, default
 ``~/.cache/edgeprune``) where later runs and other models with the same configurations reuse
@@ -38,7 +38,8 @@ import numpy as np
 from torch import nn
 
 from edgeprune._io import atomic_write_json
-from edgeprune.calibration.lut_measure import (
+from edgeprune.errors import ModelError
+from edgeprune.latency.lut_measure import (
     LayerConfig,
     LayerSpec,
     PointMeasurer,
@@ -49,9 +50,8 @@ from edgeprune.calibration.lut_measure import (
     overhead_onnx,
     point_shape,
 )
-from edgeprune.errors import ModelError
+from edgeprune.latency.oracle import default_cache_dir, profile_fingerprint
 from edgeprune.profiles.schema import DeviceProfile
-from edgeprune.targets.oracle import default_cache_dir, profile_fingerprint
 
 LUT_VERSION = 1
 Arch = nn.Module | Mapping[str, tuple[int, int]]
@@ -160,7 +160,7 @@ class LatencyLUT:
 
     Attributes:
         profile: Profile name.
-        fingerprint: :func:`~edgeprune.targets.oracle.profile_fingerprint` of the profile.
+        fingerprint: :func:`~edgeprune.latency.oracle.profile_fingerprint` of the profile.
         multiple: Channel multiple used for rounding.
         layers: The base model's layers by name.
         tables: One table per configuration key.

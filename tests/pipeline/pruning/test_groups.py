@@ -10,9 +10,9 @@ from torch import nn
 from edgeprune.errors import PruningError
 from edgeprune.models.resnet import resnet20_option_a
 from edgeprune.models.testing import DataDependentNet, GroupedConvNet, TinyConvNet
-from edgeprune.pipeline.groups import build_groups, count_macs_params
-from edgeprune.pipeline.plan import PruningPlan
-from edgeprune.pipeline.prune import prune
+from edgeprune.pipeline.pruning.groups import build_groups, count_macs_params
+from edgeprune.pipeline.pruning.plan import PruningPlan
+from edgeprune.pipeline.pruning.prune import prune
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -125,7 +125,7 @@ def test_prune_refuses_a_model_that_does_not_match_its_groups() -> None:
 def test_a_group_pruned_to_one_channel_stays_prunable_when_retraced() -> None:
     # Multi-step pruning re-traces the pruned model; a group at its minimum width must keep
     # its place (not turn "unsafe") so the group list matches the base model's.
-    from edgeprune.pipeline.prune import prune
+    from edgeprune.pipeline.pruning.prune import prune
 
     model = TinyConvNet()
     groups = build_groups(model, X)

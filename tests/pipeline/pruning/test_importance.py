@@ -9,8 +9,8 @@ from torch import nn
 
 from edgeprune.errors import PruningError
 from edgeprune.models.testing import GroupedConvNet
-from edgeprune.pipeline.groups import GroupInfo, build_groups
-from edgeprune.pipeline.importance import (
+from edgeprune.pipeline.pruning.groups import GroupInfo, build_groups
+from edgeprune.pipeline.pruning.importance import (
     BNScaleImportance,
     ClusterImportance,
     MagnitudeImportance,
@@ -18,7 +18,7 @@ from edgeprune.pipeline.importance import (
     TaylorImportance,
     get_importance,
 )
-from edgeprune.pipeline.prune import removed_from_scores
+from edgeprune.pipeline.pruning.prune import removed_from_scores
 
 X = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

@@ -32,7 +32,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeprune.errors import PruningError
-from edgeprune.pipeline.prune import MemberOp, find_unsafe_groups, reached_layers
+from edgeprune.pipeline.pruning.surgery import MemberOp, find_unsafe_groups, reached_layers
 
 __all__ = ["GroupInfo", "GroupSet", "MemberOp", "build_groups", "count_macs_params"]
 

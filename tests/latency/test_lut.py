@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune.calibration.latency_lut import LatencyLUT, grid_axis, layer_channels
-from edgeprune.calibration.lut_measure import (
+from edgeprune.errors import ModelError
+from edgeprune.latency.lut import LatencyLUT, grid_axis, layer_channels
+from edgeprune.latency.lut_measure import (
     discover_channel_multiple,
     enumerate_layers,
     infer_channel_multiple,
 )
-from edgeprune.errors import ModelError
+from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import create_model
 from edgeprune.models.testing import TinyConvNet
+from edgeprune.pipeline.export import export_onnx
 from edgeprune.profiles import MeasurementSettings, load_profile
-from edgeprune.targets.oracle import LatencyOracle
 
 CHANNELS = np.arange(1, 65, dtype=float)
 CURVES = {
@@ -106,7 +107,7 @@ def test_lut_rejects_another_architecture(tiny_lut) -> None:
 
 def test_lut_tracks_measurement_and_calibrates(tiny_lut, profile, tmp_path: Path) -> None:
     lut, _ = tiny_lut
-    oracle = LatencyOracle(profile, None, workdir=tmp_path)
+    oracle = LatencyOracle(profile, None, workdir=tmp_path, export_fn=export_onnx)
     widths = (8, 16, 24, 32)
     measured = {w: oracle.measure(TinyConvNet(width=w)).median_ms for w in widths}
     base = TinyConvNet(width=32)

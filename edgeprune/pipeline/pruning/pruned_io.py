@@ -21,9 +21,9 @@ from torch import nn
 from edgeprune._io import atomic_torch_save, atomic_write_json, sha256_file
 from edgeprune.errors import EdgepruneError, PruningError
 from edgeprune.models import ModelSpec
-from edgeprune.pipeline.groups import GroupSet, build_groups
-from edgeprune.pipeline.plan import PruningPlan
-from edgeprune.pipeline.prune import apply_removed
+from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
+from edgeprune.pipeline.pruning.plan import PruningPlan
+from edgeprune.pipeline.pruning.prune import apply_removed
 
 __all__ = ["FORMAT_VERSION", "load_pruned", "read_pruned_spec", "save_pruned"]
 

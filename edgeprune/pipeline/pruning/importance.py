@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import PruningError
-from edgeprune.pipeline.groups import GroupInfo
+from edgeprune.pipeline.pruning.groups import GroupInfo
 
 __all__ = [
     "CRITERIA",

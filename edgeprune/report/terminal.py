@@ -1,0 +1,62 @@
+"""Terminal tables (rich) rendered from report dicts: the compress summary and the
+benchmark table. Like everything in ``report/``, they read JSON-shaped data only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+COV_WARN = 0.025  # trtexec warns above 2.5 %
+
+
+def benchmark_table(report: dict[str, Any]) -> Table:
+    """Model, profile, p50/p90/p99 (ms), CoV (yellow above 2.5 %), speedup vs the first."""
+    host = report.get("host") or {}
+    table = Table(title=f"Latency on {host.get('cpu_model', 'this host')}")
+    for col in ("model", "profile", "p50 ms", "p90 ms", "p99 ms", "CoV", "speedup"):
+        table.add_column(col, justify="left" if col in ("model", "profile") else "right")
+    for e in report["entries"]:
+        lat = e["latency"]
+        cov = f"{lat['cov']:.1%}"
+        table.add_row(
+            e["model"],
+            e["profile"],
+            f"{lat['p50_ms']:.3f}",
+            f"{lat['p90_ms']:.3f}",
+            f"{lat['p99_ms']:.3f}",
+            f"[yellow]{cov}[/]" if lat["cov"] > COV_WARN else cov,
+            f"{e['speedup_vs_first']:.2f}x",
+        )
+    return table
+
+
+def compress_table(report: dict[str, Any]) -> Table:
+    """Baseline vs final, for the terminal."""
+    prof = report["profile"]["name"]
+    b, f = report["baseline"], report["final"]
+    t = Table(title=f"edgeprune compress — {prof}")
+    for col in ("", "baseline", "pruned", "change"):
+        t.add_column(col, justify="right")
+
+    def acc(d: dict[str, Any], k: str) -> str:
+        v = d["accuracy"][k]
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    bp, fp = b["latency"][prof]["p50_ms"], f["latency"][prof]["p50_ms"]
+    t.add_row("p50 latency", f"{bp:.3f} ms", f"{fp:.3f} ms", f"{bp / fp:.2f}x faster")
+    budget = report["goal"]["budget_ms"]
+    if budget is not None:
+        t.add_row(
+            "budget", "", f"{budget:.3f} ms", "met" if report["goal"]["budget_met"] else "NOT met"
+        )
+    t.add_row(
+        "MACs",
+        f"{b['macs'] / 1e6:.2f}M",
+        f"{f['macs'] / 1e6:.2f}M",
+        f"{b['macs'] / max(f['macs'], 1):.2f}x fewer",
+    )
+    t.add_row("params", f"{b['params'] / 1e6:.3f}M", f"{f['params'] / 1e6:.3f}M", "")
+    t.add_row("val top-1", acc(b, "val"), acc(f, "val"), "")
+    t.add_row("test top-1", acc(b, "test"), acc(f, "test"), "")
+    return t
