@@ -60,8 +60,8 @@ def compress(
     t0 = time.perf_counter()
     ctx = _setup(config, run, console)
     checkpoint = run.load_checkpoint() if resume else None
-    state = search(ctx, checkpoint)
-    return finish(ctx, state, wall_s=time.perf_counter() - t0)
+    state, model = search(ctx, checkpoint)
+    return finish(ctx, state, model, wall_s=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- setup

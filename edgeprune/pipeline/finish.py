@@ -26,19 +26,19 @@ if TYPE_CHECKING:
     from torch import nn
 
     from edgeprune.pipeline.run_context import RunContext
+    from edgeprune.pipeline.search.state import SearchState
 
 REPORT_VERSION = 1
 FINAL_BLOCKS = 7
 
 
-def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, Any]:
-    model: nn.Module = st.pop("model")
+def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float) -> dict[str, Any]:
+    """Final KD, save, export, measure and report a searched model (resumable by phase)."""
     cfg = ctx.config
-    if st["phase"] == "finetune":
+    if st.phase == "finetune":
         t = time.perf_counter()
         # One KD budget for every searcher: what the steps did not spend goes here.
-        epochs = final_epochs(cfg.finetune.total_epochs, st.get("kd_epochs", 0.0))
-        st["final_kd_epochs"] = epochs
+        epochs = final_epochs(cfg.finetune.total_epochs, st.kd_epochs)
         ctx.console.print(f"[bold]final fine-tune[/]: {epochs:g} KD epochs")
         distill_(
             model,
@@ -50,10 +50,11 @@ def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, A
             progress=True,
             description="final fine-tune (KD)",
         )
-        st["final_finetune_s"] = time.perf_counter() - t
-        st["phase"] = "final"
-        ctx.run.save_checkpoint(st, model.state_dict())
-    removed = {int(g): ix for g, ix in st["removed_base"].items() if ix}
+        st = st.replace(
+            final_kd_epochs=epochs, final_finetune_s=time.perf_counter() - t, phase="final"
+        )
+        ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
+    removed = {int(g): ix for g, ix in st.removed_base.items() if ix}
     keep = {g.id: g.width - len(removed.get(g.id, ())) for g in ctx.base_groups.prunable}
     plan = PruningPlan(keep={g: k for g, k in keep.items()}, channel_multiple=1)
     save_pruned(
@@ -68,11 +69,10 @@ def finish(ctx: RunContext, st: dict[str, Any], *, wall_s: float) -> dict[str, A
     report = _report(ctx, st, model, cmp, base_export, final_export, wall_s)
     atomic_write_json(ctx.run.report_path, report)
     _render(ctx)
-    st["phase"] = "done"
-    ctx.run.save_checkpoint(st, model.state_dict())
+    ctx.run.save_checkpoint(st.replace(phase="done").to_dict(), model.state_dict())
     ctx.console.print(compress_table(report))
-    if st["stop_reason"] != "goal met":
-        ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st['stop_reason']}")
+    if st.stop_reason != "goal met":
+        ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st.stop_reason}")
     ctx.console.print(f"report: {ctx.run.root / 'report.html'}", soft_wrap=True)
     return report
 
@@ -89,10 +89,10 @@ def _accuracies(ctx: RunContext, model: nn.Module) -> dict[str, float | None]:
     return {"val": evaluate(model, d.val_x, d.val_y, d.mean, d.std), "test": test}
 
 
-def _channels(ctx: RunContext, st: dict[str, Any]) -> list[dict[str, Any]]:
+def _channels(ctx: RunContext, st: SearchState) -> list[dict[str, Any]]:
     rows = []
     for g in ctx.base_groups:
-        gone = len(st["removed_base"].get(str(g.id), ()))
+        gone = len(st.removed_base.get(str(g.id), ()))
         rows.append(
             {
                 "group": g.id,
@@ -107,7 +107,7 @@ def _channels(ctx: RunContext, st: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _report(
     ctx: RunContext,
-    st: dict[str, Any],
+    st: SearchState,
     model: nn.Module,
     cmp: Any,
     base_export: Any,
@@ -116,16 +116,16 @@ def _report(
 ) -> dict[str, Any]:
     macs, params = count_macs_params(model, ctx.example)
     base_stats, final_stats = cmp.baseline, cmp.candidate
-    budget = st["budget_ms"]
+    budget = st.budget_ms
     # On a shared machine absolute figures drift; the interleaved ratio does not. A speedup
     # goal is judged on the ratio; an absolute budget on the ratio applied to the baseline
     # p50 measured at the start (the figure the budget was compared with during the search).
-    final_ms = st["baseline_ms"] * cmp.ratio
+    final_ms = st.baseline_ms * cmp.ratio
     basis = "baseline p50 at start x interleaved final/baseline median ratio"
     met = None if budget is None else final_ms <= budget
     lut = None
     if ctx.predictor is not None:
-        samples = st["lut_samples"]
+        samples = st.lut_samples
         errs = [abs(s["predicted_ms"] - s["latency_ms"]) / s["latency_ms"] for s in samples]
         lut = {
             "channel_multiple": ctx.predictor.channel_multiple,
@@ -167,7 +167,7 @@ def _report(
             "flops_ratio": ctx.config.goal.flops_ratio,
             "budget_met": met,
             "latency_basis": basis,
-            "stop_reason": st["stop_reason"],
+            "stop_reason": st.stop_reason,
         },
         "baseline": {
             "model": ctx.spec.to_dict(),
@@ -176,7 +176,7 @@ def _report(
             "params": ctx.base_groups.params,
             "onnx_bytes": base_export.size_bytes,
             "latency": {ctx.profile.name: base_stats.to_dict()},
-            "latency_at_start": st["baseline_stats"],
+            "latency_at_start": dict(st.baseline_stats),
         },
         "final": {
             "accuracy": _accuracies(ctx, model),
@@ -194,10 +194,10 @@ def _report(
         "channels": _channels(ctx, st),
         "search": {
             "searcher": ctx.config.search.searcher,
-            "channel_multiple": st["multiple"],
-            "steps": st["steps"],
-            "redos": st["redos"],
-            "kd_epochs": {"steps": st.get("kd_epochs", 0.0), "final": st.get("final_kd_epochs")},
+            "channel_multiple": st.multiple,
+            "steps": [s.to_dict() for s in st.steps],
+            "redos": st.redos,
+            "kd_epochs": {"steps": st.kd_epochs, "final": st.final_kd_epochs},
             "candidates": candidates,
             "oracle": {"hits": ctx.oracle.hits, "misses": ctx.oracle.misses},
         },
@@ -205,8 +205,8 @@ def _report(
         "export": {"baseline": _export_dict(base_export), "final": _export_dict(final_export)},
         "timing_s": {
             "total": wall_s,
-            "search": st.get("search_s"),
-            "final_finetune": st.get("final_finetune_s"),
+            "search": st.search_s,
+            "final_finetune": st.final_finetune_s,
             **ctx.timings,
         },
         "artifacts": {

@@ -32,6 +32,7 @@ from edgeprune.pipeline.search.evaluator import evaluate_candidate, step_task
 from edgeprune.pipeline.search.knapsack import project
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
+from edgeprune.pipeline.search.state import SearchState, StepRecord
 from edgeprune.pipeline.search.task import StepTask
 
 Keep = dict[int, int]
@@ -79,9 +80,7 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def _measure(
-    ctx: RunContext, goal: Goal, model: nn.Module, keep: Keep, st: dict[str, Any]
-) -> float:
+def _measure(ctx: RunContext, goal: Goal, model: nn.Module, keep: Keep, st: SearchState) -> float:
     """The goal's metric of ``model``: measured latency (ms) or counted MACs / channels."""
     if goal.kind == "latency":
         return _measure_latency(ctx, model, st)
@@ -90,47 +89,40 @@ def _measure(
     return float(sum(keep.values()))
 
 
-def _goal(ctx: RunContext, st: dict[str, Any]) -> Goal:
+def _goal(ctx: RunContext, baseline_ms: float) -> Goal:
     prunable = sum(g.width for g in ctx.base_groups.prunable)
-    return goal_from(ctx.config, st["baseline_ms"], ctx.base_groups.macs, prunable)
+    return goal_from(ctx.config, baseline_ms, ctx.base_groups.macs, prunable)
 
 
-def _initial_state(ctx: RunContext) -> dict[str, Any]:
+def _initial_state(ctx: RunContext) -> SearchState:
     stats = ctx.oracle.measure(ctx.base)
     baseline_ms = stats.p50_ms
-    st: dict[str, Any] = {"baseline_ms": baseline_ms}
-    goal = _goal(ctx, st)
+    goal = _goal(ctx, baseline_ms)
     base_keep = {g.id: g.width for g in ctx.base_groups.prunable}
     ctx.cost.calibration.add(ctx.cost.raw(base_keep), goal.start)
     _check_reachable(ctx, goal)
     base_acc = ctx.proxy_accuracy(_copy(ctx.base))
-    return {
-        "phase": "search",
-        "step": 0,
-        "redos": 0,
-        "baseline_ms": baseline_ms,
-        "baseline_stats": stats.summary(),
-        "budget_ms": goal.value if goal.kind == "latency" else None,
-        "goal_kind": goal.kind,
-        "goal_value": goal.value,
-        "value": goal.start,
-        "latency_ms": baseline_ms,
-        "macs": ctx.base_groups.macs,
-        "params": ctx.base_groups.params,
-        "sparsity": 0.0,
-        "accuracy": base_acc,
-        "baseline_proxy_accuracy": base_acc,
-        "removed_base": {},
-        "survivors": {str(g.id): list(range(g.width)) for g in ctx.base_groups.prunable},
-        "steps": [],
-        "log_rows": 0,
-        "searcher": None,
-        "stop_reason": None,
-        "multiple": ctx.multiple,
-        "kd_epochs": 0.0,
-        "calibration": list(ctx.cost.calibration.pairs),
-        "lut_samples": [],
-    }
+    return SearchState(
+        phase="search",
+        step=0,
+        redos=0,
+        baseline_ms=baseline_ms,
+        baseline_stats=stats.summary(),
+        budget_ms=goal.value if goal.kind == "latency" else None,
+        goal_kind=goal.kind,
+        goal_value=goal.value,
+        value=goal.start,
+        latency_ms=baseline_ms,
+        macs=ctx.base_groups.macs,
+        params=ctx.base_groups.params,
+        sparsity=0.0,
+        accuracy=base_acc,
+        baseline_proxy_accuracy=base_acc,
+        removed_base={},
+        survivors={str(g.id): list(range(g.width)) for g in ctx.base_groups.prunable},
+        multiple=ctx.multiple,
+        calibration=tuple(ctx.cost.calibration.pairs),
+    )
 
 
 def _check_reachable(ctx: RunContext, goal: Goal) -> None:
@@ -160,31 +152,35 @@ def _grid_floor(ctx: RunContext, gid: int) -> int:
     return channel_grid(g.width, ctx.multiple, g.channel_step)[0]
 
 
-def search(ctx: RunContext, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None) -> dict:
-    """Run prune steps until the goal is met (or nothing is left); return the final state."""
+def search(
+    ctx: RunContext, checkpoint: tuple[dict[str, Any], dict[str, Any]] | None
+) -> tuple[SearchState, nn.Module]:
+    """Run prune steps until the goal is met (or nothing is left); return the final state
+    and model."""
     cfg = ctx.config
     if checkpoint is None:
         st = _initial_state(ctx)
         model = _copy(ctx.base).eval()
-        ctx.run.save_checkpoint(st, model.state_dict())
+        ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
     else:
-        st, weights = checkpoint
-        model = rebuild(ctx, st["removed_base"], weights)
-        ctx.run.truncate_log(st["log_rows"])  # drop candidates of the unfinished step
-        ctx.multiple = st["multiple"]
-        for raw, value in st["calibration"]:
+        st = SearchState.from_dict(checkpoint[0])
+        model = rebuild(ctx, dict(st.removed_base), checkpoint[1])
+        ctx.run.truncate_log(st.log_rows)  # drop candidates of the unfinished step
+        ctx.multiple = st.multiple
+        for raw, value in st.calibration:
             ctx.cost.calibration.add(raw, value)
-        ctx.console.print(f"[bold]resuming[/] after step {st['step']} ({st['phase']})")
-    if st["phase"] != "search":
-        return {**st, "model": model}
-    goal = _goal(ctx, st)
+        ctx.console.print(f"[bold]resuming[/] after step {st.step} ({st.phase})")
+    if st.phase != "search":
+        return st, model
+    goal = _goal(ctx, st.baseline_ms)
     settings = {**cfg.search.model_dump(), "total_steps_estimate": goal.steps}
     searcher = make_searcher(cfg.search.searcher, settings, seed=cfg.seed)
-    if st["searcher"] is not None:
-        searcher.load_state_dict(st["searcher"])
-    reward = _reward_fn(ctx, searcher, st["budget_ms"])
+    if st.searcher is not None:
+        searcher.load_state_dict(st.searcher)
+    reward = _reward_fn(ctx, searcher, st.budget_ms)
     importance = _importance(ctx)
     t_search = time.perf_counter()
+    stop_reason = None
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -193,31 +189,32 @@ def search(ctx: RunContext, checkpoint: tuple[dict[str, Any], dict[str, Any]] | 
         console=ctx.console,
         transient=False,
     ) as bar:
-        task_id = bar.add_task("search", total=goal.steps, completed=st["step"], info="")
-        while st["value"] > goal.value * (1 + 1e-9):
-            if st["step"] >= cfg.goal.max_steps:
-                st["stop_reason"] = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
+        task_id = bar.add_task("search", total=goal.steps, completed=st.step, info="")
+        while st.value > goal.value * (1 + 1e-9):
+            if st.step >= cfg.goal.max_steps:
+                stop_reason = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
                 break
-            new = _one_step(ctx, st, model, searcher, reward, importance, goal, (bar, task_id))
-            if new is None:
-                st["stop_reason"] = (
+            done = _one_step(ctx, st, model, searcher, reward, importance, goal, (bar, task_id))
+            if done is None:
+                stop_reason = (
                     "nothing left to remove that the cost model says is faster: the goal is "
                     "out of reach for this model and channel grid; kept the smallest model found"
                 )
                 break
-            model = new
-            bar.update(task_id, completed=st["step"], total=max(goal.steps, st["step"]))
-    st["search_s"] = st.get("search_s", 0.0) + time.perf_counter() - t_search
-    if st["stop_reason"] is None:
-        st["stop_reason"] = "goal met"
-    st["phase"] = "finetune"
-    ctx.run.save_checkpoint(st, model.state_dict())
-    return {**st, "model": model}
+            st, model = done
+            bar.update(task_id, completed=st.step, total=max(goal.steps, st.step))
+    st = st.replace(
+        search_s=st.search_s + time.perf_counter() - t_search,
+        stop_reason=stop_reason or "goal met",
+        phase="finetune",
+    )
+    ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
+    return st, model
 
 
 def _land(
     ctx: RunContext,
-    st: dict[str, Any],
+    st: SearchState,
     model: nn.Module,
     groups: GroupSet,
     task: StepTask,
@@ -262,29 +259,32 @@ def _land(
 
 def _one_step(
     ctx: RunContext,
-    st: dict[str, Any],
+    st: SearchState,
     model: nn.Module,
     searcher: Any,
     reward: Any,
     importance: Any,
     goal: Goal,
     progress: tuple[Progress, Any],
-) -> nn.Module | None:
-    """One prune step; returns the new model, or None when nothing is left to prune."""
+) -> tuple[SearchState, nn.Module] | None:
+    """One prune step, committed; the new state and model, or None when nothing is left."""
     cfg = ctx.config
     bar, task_id = progress
     groups = build_groups(model, ctx.example, ignored_layers=cfg.search.ignored_layers)
     _check_same_groups(ctx.base_groups, groups)
-    step = st["step"] + 1
-    index = st["step"]
+    step = st.step + 1
+    index = st.step
     final = goal.is_final(index)
     target = goal.target(index)
     tol = cfg.search.landing_tolerance
     # The last step aims a little inside its window so that measurement noise stays in it.
     aim = target * (1 - tol / 3) if final else target
-    window = ((1 - tol) * target, target) if final else (0.0, target * (1 + tol))
+    # Intermediate steps need not be exact, but an undershoot there throws accuracy away
+    # for nothing: re-plan (grow back) below 3x the tolerance, above it when over by more.
+    window = ((1 - tol) * target, target) if final else ((1 - 3 * tol) * target, (1 + tol) * target)
     task = step_task(ctx, model, groups, importance, aim, index, final)
-    prev_acc = st["accuracy"]
+    prev_acc = st.accuracy
+    log_rows, redos = st.log_rows, st.redos
     while True:  # repeated only when the collapse guard asks to redo the step
         searcher.start_step(task)
         seen: dict[Any, tuple[Outcome, dict[str, Any]]] = {}
@@ -299,7 +299,7 @@ def _one_step(
                 out, row = seen[key]
                 outs.append(dataclasses.replace(out, candidate=cand))
                 ctx.run.log_candidate({"step": step, **row, "tag": cand.tag})
-                st["log_rows"] += 1
+                log_rows += 1
                 n += 1
                 best = max(best, out.reward)
                 bar.update(
@@ -327,79 +327,86 @@ def _one_step(
         accepted = Outcome(kept, reward_of(reward, acc, predicted, macs, params), acc, None, macs)
         if searcher.end_step(accepted, prev_acc):
             break
-        st["redos"] += 1
+        redos += 1
         ctx.console.print(
             f"step {step}: accuracy collapsed ({prev_acc:.3f} -> {acc:.3f}); policy reset, "
             "redoing the step"
         )
     ft = None
+    kd_epochs = st.kd_epochs
     if cfg.finetune.step_epochs > 0:
         ft = distill_(
             new, ctx.base, ctx.data, cfg.finetune, cfg.finetune.step_epochs, seed=cfg.seed + step
         )
-        st["kd_epochs"] += cfg.finetune.step_epochs
+        kd_epochs += cfg.finetune.step_epochs
     latency_ms = measured if goal.kind == "latency" else _measure_latency(ctx, new, st)
+    survivors = dict(st.survivors)
     for gid, ix in res.removed.items():
         gone = set(ix)
-        surv = st["survivors"][str(gid)]
-        st["survivors"][str(gid)] = [s for i, s in enumerate(surv) if i not in gone]
-    st["removed_base"] = {
-        str(g.id): sorted(set(range(g.width)) - set(st["survivors"][str(g.id)]))
+        survivors[str(gid)] = [s for i, s in enumerate(survivors[str(gid)]) if i not in gone]
+    removed_base = {
+        str(g.id): sorted(set(range(g.width)) - set(survivors[str(g.id)]))
         for g in ctx.base_groups.prunable
     }
     total = sum(g.width for g in ctx.base_groups.prunable)
-    kept_total = sum(len(v) for v in st["survivors"].values())
-    st.update(
+    kept_total = sum(len(v) for v in survivors.values())
+    accuracy = ctx.proxy_accuracy(_copy(new))
+    record = StepRecord(
         step=step,
+        target=target,
+        final=final,
+        candidates=n,
+        best_reward=best,
+        chosen=kept.tag,
+        chosen_reward=accepted.reward,
+        landing_tries=tuple(
+            {"predicted": t["predicted"], "measured": t["measured"]} for t in tries
+        ),
+        proxy_accuracy_before_ft=acc,
+        val_accuracy_after_ft=None if ft is None else ft.best_val_acc,
+        proxy_accuracy_after_ft=accuracy,
+        predicted_ms=predicted if goal.kind == "latency" else None,
+        latency_ms=latency_ms,
+        value=measured,
+        macs=macs,
+        params=params,
+        widths={str(g): k for g, k in keep.items()},
+    )
+    lut_samples = st.lut_samples
+    if goal.kind == "latency":
+        sample = {"removed_base": removed_base, "latency_ms": measured, "predicted_ms": predicted}
+        lut_samples = (*lut_samples, sample)
+    new_st = st.replace(
+        step=step,
+        redos=redos,
         value=measured,
         latency_ms=latency_ms,
         macs=macs,
         params=params,
         sparsity=1 - kept_total / total,
-        accuracy=ctx.proxy_accuracy(_copy(new)),
+        accuracy=accuracy,
+        survivors=survivors,
+        removed_base=removed_base,
         searcher=searcher.state_dict(),
-        calibration=list(ctx.cost.calibration.pairs),
+        calibration=tuple(ctx.cost.calibration.pairs),
+        kd_epochs=kd_epochs,
+        log_rows=log_rows,
+        steps=(*st.steps, record),
+        lut_samples=lut_samples,
     )
-    if goal.kind == "latency":
-        st["lut_samples"].append(
-            {"removed_base": st["removed_base"], "latency_ms": measured, "predicted_ms": predicted}
-        )
-    st["steps"].append(
-        {
-            "step": step,
-            "target": target,
-            "final": final,
-            "candidates": n,
-            "best_reward": best,
-            "chosen": kept.tag,
-            "chosen_reward": accepted.reward,
-            "landing_tries": [
-                {"predicted": t["predicted"], "measured": t["measured"]} for t in tries
-            ],
-            "proxy_accuracy_before_ft": acc,
-            "val_accuracy_after_ft": None if ft is None else ft.best_val_acc,
-            "proxy_accuracy_after_ft": st["accuracy"],
-            "predicted_ms": predicted if goal.kind == "latency" else None,
-            "latency_ms": latency_ms,
-            "value": measured,
-            "macs": macs,
-            "params": params,
-            "widths": {str(g): k for g, k in keep.items()},
-        }
-    )
-    ctx.run.save_checkpoint(st, new.state_dict())
+    ctx.run.save_checkpoint(new_st.to_dict(), new.state_dict())
     unit = "ms" if goal.kind == "latency" else goal.kind
     ctx.console.print(
-        f"step {step}: {n} candidates, kept {kept.tag} | proxy acc {st['accuracy']:.3f} | "
+        f"step {step}: {n} candidates, kept {kept.tag} | proxy acc {accuracy:.3f} | "
         f"{measured:.4g} {unit} (predicted {predicted:.4g}, {len(tries)} measured) vs target "
         f"{target:.4g} | MACs {macs / 1e6:.1f}M"
     )
-    return new
+    return new_st, new
 
 
 def reward_of(reward: Any, acc: float, latency: float, macs: int, params: int) -> float:
     return float(reward(Metrics(acc, latency, macs, params)))
 
 
-def _measure_latency(ctx: RunContext, model: nn.Module, st: dict[str, Any]) -> float:
-    return st["baseline_ms"] * ctx.oracle.measure_vs_baseline(model, ctx.base).ratio
+def _measure_latency(ctx: RunContext, model: nn.Module, st: SearchState) -> float:
+    return st.baseline_ms * ctx.oracle.measure_vs_baseline(model, ctx.base).ratio

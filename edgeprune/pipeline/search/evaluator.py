@@ -80,8 +80,17 @@ def step_task(
         base = ctx.base_groups[g.id]
         grid = channel_grid(base.width, ctx.multiple, base.channel_step)
         grids[g.id] = tuple(k for k in grid if k <= g.width) or (g.width,)
-    scores = {
-        g.id: normalize_scores(np.asarray(importance(g, model, g.width), dtype=np.float64))
-        for g in groups.prunable
+    raw = {
+        g.id: np.asarray(importance(g, model, g.width), dtype=np.float64) for g in groups.prunable
     }
-    return StepTask(widths, grids, scores, ctx.cost, target, index=index, final=final)
+    scale = float(np.mean([v.mean() for v in raw.values()])) or 1.0
+    return StepTask(
+        widths,
+        grids,
+        {g: normalize_scores(v) for g, v in raw.items()},
+        ctx.cost,
+        target,
+        index=index,
+        final=final,
+        raw_scores={g: v / scale for g, v in raw.items()},
+    )

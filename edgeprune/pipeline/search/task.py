@@ -20,7 +20,12 @@ class StepTask:
     Attributes:
         widths: Current width of each prunable group (fixed order, same ids every step).
         grids: Widths each group may keep, ascending, each <= its current width.
-        scores: Per-channel importance of each group (current model), normalised per group.
+        scores: Per-channel importance of each group (current model), normalised per group
+            (each group's mean is 1, as Torch-Pruning's global ranking normalises).
+        raw_scores: The same scores without the per-group normalisation (scaled by one
+            global mean), where a group's sum over its member layers still counts: a
+            residual channel that feeds six convs outweighs one that feeds one. None: use
+            ``scores``.
         cost: Predicts a plan's cost (ms for latency goals).
         target: The cost the step must reach (``cost.predict(plan) <= target``).
         index: Step number (0-based count of accepted steps).
@@ -34,6 +39,7 @@ class StepTask:
     target: float
     index: int = 0
     final: bool = False
+    raw_scores: Mapping[int, np.ndarray] | None = None
     _values: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def value(self, group: int, width: int) -> float:
@@ -47,6 +53,15 @@ class StepTask:
 
     def total_value(self, keep: Mapping[int, int]) -> float:
         return sum(self.value(g, keep[g]) for g in self.widths)
+
+    def with_raw_scores(self) -> StepTask:
+        """The same step valued by :attr:`raw_scores` (itself when there are none)."""
+        if self.raw_scores is None:
+            return self
+        return StepTask(
+            self.widths, self.grids, self.raw_scores, self.cost, self.target, self.index,
+            self.final,
+        )  # fmt: skip
 
     def fits(self, keep: Mapping[int, int]) -> bool:
         return self.cost.predict(keep) <= self.target * (1 + 1e-9)
