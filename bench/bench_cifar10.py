@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -180,6 +181,7 @@ def profile_ref(settings: BenchSettings, cache: Path, smoke: bool) -> str:
 def environment() -> dict[str, Any]:
     env = host_info()
     env["edgeprune"] = __version__
+    env["code_version"] = code_version()
     env["torch_pruning"] = importlib.metadata.version("torch-pruning")
     try:
         env["git_commit"] = subprocess.run(
@@ -193,6 +195,15 @@ def environment() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
     return env
+
+
+def code_version() -> str:
+    """Package version + a hash of every ``edgeprune/*.py`` (what the runs were made by)."""
+    h = hashlib.sha256(__version__.encode())
+    for path in sorted((REPO / "edgeprune").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode())
+        h.update(path.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
 
 
 def measure_baseline(
@@ -245,6 +256,9 @@ def run(
             **dict.fromkeys(("methods", "budgets", "repeats", "blocks")),
             "baseline": base.key,
             "profile": profile.model_dump(mode="json"),
+            # Rows from different code must never share a table: a run made by other code
+            # lands in another folder instead of being reused.
+            "code": code_version(),
         }
     )
     root = cache / "runs" / f"{settings.model}-{key}"

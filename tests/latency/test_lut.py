@@ -170,3 +170,15 @@ def test_predict_is_fast_on_resnet56(profile, tmp_path: Path) -> None:
         lut.predict_ms(model)
         times.append(time.perf_counter() - t0)
     assert statistics.median(times) < 0.005
+
+
+def test_negative_offset_never_predicts_zero_or_less(tiny_lut) -> None:
+    """A LUT saved with a negative offset (bench/results/lut_resnet20.md once had -0.061 ms)
+    still predicts a positive latency for the smallest model, and a refit drops it."""
+    lut, _ = tiny_lut
+    small = TinyConvNet(width=8)
+    broken = dataclasses.replace(lut, scale=1.0, offset_ms=-10.0, calibration=[])
+    assert broken.predict_ms(small) > 0
+    # measurements whose least-squares line has a negative intercept: fitted through 0
+    refit = lut.calibrate([(TinyConvNet(width=8), 0.01), (TinyConvNet(width=32), 0.4)])
+    assert refit.offset_ms >= 0 and refit.predict_ms(small) > 0
