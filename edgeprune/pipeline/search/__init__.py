@@ -27,7 +27,6 @@ from edgeprune.pipeline.search.base import (
     Candidate,
     Outcome,
     Searcher,
-    allocate_removal,
     settings_from_config,
 )
 from edgeprune.pipeline.search.knapsack import KnapsackSearcher, project, solve_knapsack
@@ -83,7 +82,6 @@ __all__ = [
     "RLSettings",
     "Searcher",
     "UniformSearcher",
-    "allocate_removal",
     "epsilon_at",
     "make_searcher",
     "project",

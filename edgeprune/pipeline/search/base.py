@@ -40,14 +40,12 @@ Rules of the contract:
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from edgeprune.errors import SearchError
-from edgeprune.pipeline.pruning.plan import channel_grid
 from edgeprune.pipeline.search.task import StepTask
 
 
@@ -172,25 +170,6 @@ def settings_from_config(cls: type[T], config: Any, **overrides: Any) -> T:
 # --------------------------------------------------------------------------- channels
 
 
-def channel_floor(width: int, multiple: int) -> int:
-    """The narrowest a group may get (the first width on the channel grid)."""
-    return channel_grid(width, multiple)[0]
-
-
-def snap_keep_down(keep: int, width: int, multiple: int) -> int:
-    """Largest width on the channel grid <= ``keep`` (the floor if none)."""
-    grid = channel_grid(width, multiple)
-    i = bisect.bisect_right(grid, keep)
-    return grid[max(i - 1, 0)]
-
-
-def _next_keep_below(keep: int, width: int, multiple: int) -> int | None:
-    """The next width on the grid below ``keep``, or None at the floor."""
-    grid = channel_grid(width, multiple)
-    i = bisect.bisect_left(grid, keep)
-    return grid[i - 1] if i > 0 else None
-
-
 def water_fill(shares: Sequence[float], caps: Sequence[float], total: float) -> list[float]:
     """Split ``total`` proportionally to ``shares`` with per-entry caps.
 
@@ -218,61 +197,6 @@ def water_fill(shares: Sequence[float], caps: Sequence[float], total: float) -> 
             out[i] = float(caps[i])
         active = [i for i in active if i not in full]
     return out
-
-
-def allocate_removal(
-    shares: Sequence[float], widths: Sequence[int], step_channels: int, multiple: int = 1
-) -> list[int]:
-    """Channels to remove per group: ``step_channels`` split by ``shares``, on the grid.
-
-    1. Water-fill the step over the groups by share, each capped at ``width - floor``.
-    2. Round each group down to an allowed width (a multiple of ``multiple``).
-    3. Largest remainder on that grid: give one more grid step to the group furthest
-       below its ideal share (in grid steps), while doing so brings the total closer to
-       the target. With ``multiple == 1`` this is exact largest-remainder rounding and the
-       total equals ``min(step_channels, capacity)``; otherwise it is as close as the
-       grid allows, but never 0 while there is capacity (one grid step at least, so a
-       step smaller than the multiple still makes progress).
-
-    Ties go to the earlier group, so the result is deterministic.
-    """
-    if len(shares) != len(widths):
-        raise SearchError("internal: shares and widths differ in length")
-    m = max(1, int(multiple))
-    caps = [w - channel_floor(w, m) for w in widths]
-    target = min(int(step_channels), sum(caps))
-    ideal = water_fill(shares, caps, target)
-    # start from the largest allowed removal <= the ideal one (smallest allowed keep above)
-    keep = [_snap_up(w - x, w, m) for w, x in zip(widths, ideal, strict=True)]
-    removed = [w - k for w, k in zip(widths, keep, strict=True)]
-    deficit = target - sum(removed)
-    while deficit > 0:
-        # a step smaller than half a grid step would remove nothing: allow one overshoot
-        stalled = sum(removed) == 0
-        best, best_rem, best_inc = -1, -math.inf, 0
-        for i, (w, k) in enumerate(zip(widths, keep, strict=True)):
-            nxt = _next_keep_below(k, w, m)
-            if nxt is None:
-                continue
-            inc = k - nxt
-            if inc >= 2 * deficit and not stalled:  # would land further from the target
-                continue
-            rem = (ideal[i] - removed[i]) / inc
-            if rem > best_rem:
-                best, best_rem, best_inc = i, rem, inc
-        if best < 0:
-            break
-        keep[best] -= best_inc
-        removed[best] += best_inc
-        deficit -= best_inc
-    return removed
-
-
-def _snap_up(keep_real: float, width: int, multiple: int) -> int:
-    """Smallest width on the grid >= ``keep_real``."""
-    grid = channel_grid(width, multiple)
-    i = bisect.bisect_left(grid, keep_real - 1e-9)
-    return grid[min(i, len(grid) - 1)]
 
 
 def candidate_from_keep(

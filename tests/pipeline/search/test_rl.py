@@ -25,7 +25,6 @@ from edgeprune.pipeline.search import (
     make_searcher,
     update_pd,
 )
-from edgeprune.pipeline.search.base import allocate_removal, channel_floor
 from edgeprune.pipeline.search.cost import Calibration, CostModel, LayerCost
 from edgeprune.pipeline.search.knapsack import solve_knapsack
 from edgeprune.pipeline.search.rl import initial_pd, sample_pd
@@ -120,51 +119,19 @@ def test_update_moves_toward_best_then_clips_the_ratio() -> None:
     np.testing.assert_allclose(update_pd(pd, best, 0.5, 0.0, 1e-5), [0.3, 0.4, 0.3])
 
 
-@pytest.mark.parametrize("mult", [1, 4, 16])
-def test_allocation_sums_to_the_step_and_respects_multiple_and_floor(mult: int) -> None:
-    rng = np.random.default_rng(7)
-    for _ in range(200):
-        n = int(rng.integers(1, 8))
-        widths = [int(mult * rng.integers(1, 9)) for _ in range(n)]
-        shares = rng.dirichlet(np.ones(n)).tolist()
-        step = int(mult * rng.integers(1, 6))
-        removed = allocate_removal(shares, widths, step, mult)
-        capacity = sum(w - channel_floor(w, mult) for w in widths)
-        # The grid is uneven below one multiple (quarter steps): the total is as close
-        # to the step as the grid allows, within one multiple (exact when mult == 1).
-        assert abs(sum(removed) - min(step, capacity)) < max(mult, 2)
-        assert mult > 1 or sum(removed) == min(step, capacity)
-        for w, r in zip(widths, removed, strict=True):
-            assert 0 <= r <= w - channel_floor(w, mult)
-            assert (w - r) in channel_grid(w, mult)
+def test_pd_split_water_fills_and_projection_keeps_its_shape() -> None:
+    from edgeprune.pipeline.search.base import water_fill
+    from edgeprune.pipeline.search.rl import project_pd, split_by_pd
 
-
-def test_allocation_off_grid_widths_snap_to_multiples_and_stay_close() -> None:
-    rng = np.random.default_rng(11)
-    for _ in range(200):
-        widths = [int(rng.integers(1, 100)) for _ in range(5)]
-        step = int(rng.integers(1, 60))
-        removed = allocate_removal(rng.dirichlet(np.ones(5)).tolist(), widths, step, 8)
-        for w, r in zip(widths, removed, strict=True):
-            assert r == 0 or (w - r) in channel_grid(w, 8)
-        capacity = sum(w - channel_floor(w, 8) for w in widths)
-        assert abs(sum(removed) - min(step, capacity)) <= 8
-
-
-def test_allocation_smaller_than_the_multiple_still_removes_one_grid_step() -> None:
-    # 6 channels on a 16-grid: 0 is closer to 6 than 16 is, but 0 would stall the search
-    assert allocate_removal([0.2, 0.3, 0.5], [64, 64, 64], 6, 16) == [0, 0, 16]
-    # below one multiple the grid steps by a quarter multiple (16 -> 12)
-    assert allocate_removal([0.2, 0.3, 0.5], [16, 16, 16], 6, 16) == [0, 0, 4]
-    assert allocate_removal([0.2, 0.3, 0.5], [4, 4, 4], 6, 16) == [0, 0, 0]  # all at floor
-
-
-def test_allocation_follows_the_distribution_by_largest_remainder() -> None:
-    assert allocate_removal([0.5, 0.3, 0.2], [16, 32, 64], 10, 1) == [5, 3, 2]
-    # ideal [3.5, 2.1, 1.4]: floors [3, 2, 1] + the largest remainder (group 0)
-    assert allocate_removal([0.5, 0.3, 0.2], [16, 32, 64], 7, 1) == [4, 2, 1]
-    # group 0 can give only 3 (floor 1); the rest is re-split over the others by share
-    assert allocate_removal([0.9, 0.05, 0.05], [4, 64, 64], 13, 1) == [3, 5, 5]
+    assert water_fill([0.5, 0.3, 0.2], [100, 100, 100], 10) == pytest.approx([5, 3, 2])
+    # a capped entry is pinned, the rest re-split
+    assert water_fill([0.9, 0.05, 0.05], [3, 100, 100], 13) == pytest.approx([3, 5, 5])
+    task = task_for(dict(BASE), shrink=0.7)
+    heavy_on_13 = np.array([0.01, 0.01, 0.01, 0.97])
+    keep = project_pd(task, heavy_on_13)
+    assert task.fits(keep)
+    assert keep[13] < BASE[13] and keep[10] >= keep[13] * BASE[10] / BASE[13]
+    assert all(k in task.grids[g] for g, k in split_by_pd(task, heavy_on_13, 40).items())
 
 
 def test_epsilon_schedule_cosine_over_first_tenth_of_steps() -> None:
