@@ -292,6 +292,13 @@ def run_epochs(
                 bar.update(
                     task, loss=f"{mean_loss:.3f}", val=f"{val_acc:.3f} (best {best_acc:.3f})"
                 )
+                if progress and not bar.console.is_terminal:
+                    # Live bars draw nothing into a file (CI logs, nohup): one line per epoch.
+                    bar.console.print(
+                        f"{description}: epoch {epoch}/{n_epochs} loss {mean_loss:.3f} val "
+                        f"{val_acc:.3f} (best {best_acc:.3f}) {row['seconds']:.0f} s",
+                        soft_wrap=True,
+                    )
                 if on_epoch is not None:
                     on_epoch(dict(row))
     finally:

@@ -136,3 +136,24 @@ def test_evaluate_restores_mode_and_rejects_empty(tiny_digits: DataSplits) -> No
 def test_zero_epochs_is_refused(tiny_digits: DataSplits) -> None:
     with pytest.raises(EdgepruneError, match="epochs=0"):
         train(small_net(), tiny_digits, epochs=0, progress=False)
+
+
+def test_fractional_epochs_stop_part_way_through(tiny_digits: DataSplits) -> None:
+    n_batches = tiny_digits.train_x.shape[0] // 32
+    seen: list[int] = []
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return F.cross_entropy(model(x), y)
+
+    run_epochs(small_net(), tiny_digits, loss, epochs=0.5, lr=0.01, batch_size=32, progress=False)
+    assert len(seen) == round(0.5 * n_batches)
+    seen.clear()
+    run_epochs(small_net(), tiny_digits, loss, epochs=1.5, lr=0.01, batch_size=32, progress=False)
+    assert len(seen) == round(1.5 * n_batches)
+
+
+def test_progress_into_a_file_prints_a_line_per_epoch(tiny_digits: DataSplits, capsys) -> None:
+    train(small_net(), tiny_digits, epochs=2, progress=True)
+    err = capsys.readouterr().err
+    assert "training: epoch 1/2 loss" in err and "training: epoch 2/2 loss" in err
