@@ -132,7 +132,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=d.samples, help="RL candidates per epoch")
     p.add_argument("--rl-epochs", type=int, default=d.rl_epochs)
     p.add_argument("--repeats", type=int, default=d.repeats, help="final benchmark runs")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="data split + baseline seed")
+    p.add_argument(
+        "--search-seed", type=int, default=None, help="search + KD seed (default: --seed)"
+    )
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (1: see README)")
     return p.parse_args(argv)
 
@@ -158,6 +161,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         total_epochs=args.total_epochs,
         repeats=args.repeats,
         seed=args.seed,
+        search_seed=args.search_seed,
         threads=args.threads,
     )
 

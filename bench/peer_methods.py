@@ -100,7 +100,10 @@ class BenchSettings:
             fine-tune gets the rest): the same budget for every method.
         repeats: Interleaved benchmark runs of the final measurement (medians are kept).
         blocks: Rounds per benchmark run (None: the profile's).
-        seed: Seed of data split, training and search.
+        seed: Seed of data split and baseline training.
+        search_seed: Seed of the search and the KD recovery (None: ``seed``). Repeats of a
+            method with the shared baseline vary this one: the data split must stay the
+            one the baseline was trained with.
         threads: torch threads.
     """
 
@@ -124,6 +127,7 @@ class BenchSettings:
     repeats: int = 5
     blocks: int | None = None
     seed: int = 0
+    search_seed: int | None = None
     threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,7 +309,7 @@ def method_config(
     goal: dict[str, Any] = {"speedup": 1.0 / fraction, "max_steps": settings.max_steps}
     return RunConfig.validate_dict(
         {
-            "seed": settings.seed,
+            "seed": settings.seed if settings.search_seed is None else settings.search_seed,
             "profile": profile,
             "threads": settings.threads,
             "model": {"name": settings.model, "weights": str(weights)},

@@ -195,6 +195,7 @@ def _report(
         "search": {
             "searcher": ctx.config.search.searcher,
             "channel_multiple": st.multiple,
+            "goal_kind": st.goal_kind,
             "steps": [s.to_dict() for s in st.steps],
             "redos": st.redos,
             "kd_epochs": {"steps": st.kd_epochs, "final": st.final_kd_epochs},

@@ -127,8 +127,11 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
             f"{len(s['steps'])} prune steps ({s.get('redos', 0)} redone after an accuracy "
             f"collapse), {len(cands)} candidates evaluated (latency source: "
             f"{', '.join(sources) or '-'}; latency cache hits {oracle.get('hits', '-')}, misses "
-            f"{oracle.get('misses', '-')}). Candidate accuracy is the validation proxy (after "
-            "BatchNorm re-estimation, before fine-tuning); the test split was not used."
+            f"{oracle.get('misses', '-')}). Each step has a latency target (the last one the "
+            "budget); every candidate is projected onto it by the latency table, the kept plan "
+            "is measured and re-planned until it lands (measured plans). Candidate accuracy is "
+            "the validation proxy (after BatchNorm re-estimation, before fine-tuning); the "
+            "test split was not used."
         ),
     ]
     if "latency_per_step" in figures:
@@ -149,8 +152,10 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
             fmt.ratio(st.get("chosen_reward")),
             fmt.pct(st.get("proxy_accuracy_before_ft")),
             fmt.pct(st.get("val_accuracy_after_ft")),
+            fmt.ms(st.get("target")) if s.get("goal_kind", "latency") == "latency" else "-",
             fmt.ms(st.get("predicted_ms")),
             fmt.ms(st.get("latency_ms")),
+            str(len(st.get("landing_tries") or ())) if "landing_tries" in st else "-",
             fmt.macs_m(st.get("macs")),
         )
         for st in s["steps"]
@@ -165,8 +170,10 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
                 "kept reward",
                 "proxy acc.",
                 "val acc. after FT",
+                "target ms",
                 "LUT ms",
                 "measured ms",
+                "measured plans",
                 "MACs",
             ),
             rows,

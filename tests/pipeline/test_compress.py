@@ -140,3 +140,25 @@ def test_resume_after_kill_continues_without_redoing_a_step(tmp_path):
     rows = [json.loads(x) for x in (run / "search.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(x) for x in (tmp_path / "ref" / "search.jsonl").read_text().splitlines()]
     assert [r["tag"] for r in rows] == [r["tag"] for r in ref_rows]
+
+
+def test_latency_goal_steps_through_targets_down_to_the_budget(tmp_path):
+    cfg = _config(tmp_path, speedup=1.6, max_steps=4)
+    cfg = RunConfig.validate_dict(
+        {**cfg.model_dump(), "search": {**cfg.search.model_dump(), "searcher": "rl", "steps": 2}}
+    )
+    report = compress(cfg, tmp_path / "run")
+    steps = report["search"]["steps"]
+    budget = report["goal"]["budget_ms"]
+    assert budget == pytest.approx(report["baseline"]["latency_at_start"]["p50_ms"] / 1.6)
+    # geometric targets: the first between the baseline and the budget, then the budget
+    assert budget < steps[0]["target"] < report["baseline"]["latency_at_start"]["p50_ms"]
+    assert all(s["target"] == pytest.approx(budget) for s in steps[1:])
+    for s in steps:  # every kept plan was measured at least once on the way to landing
+        assert 1 <= len(s["landing_tries"]) <= cfg.search.landing_tries
+        assert s["latency_ms"] == pytest.approx(s["value"])
+    # the candidates of one step share their predicted latency (projected on the target)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "search.jsonl").read_text().splitlines()]
+    first = [r["predicted_cost"] for r in rows if r["step"] == 1 and "error" not in r]
+    assert max(first) <= steps[0]["target"] * 1.0001
+    assert report["search"]["kd_epochs"]["final"] == pytest.approx(0.0)

@@ -64,8 +64,14 @@ def test_per_profile_latency_table(md: str) -> None:
 def test_search_trace(md: str) -> None:
     assert "3 prune steps (0 redone after an accuracy collapse), 18 candidates evaluated" in md
     assert "latency source: lut" in md
-    assert "| 1 | 6 | 0.9540 | rl-e0-s1 | 0.9540 | 97.98% | 98.98% | 0.320 | 0.326 | 27.47M |" in md
-    assert "| 3 | 6 | 0.9769 | rl-e0-s0 | 0.9769 | 96.80% | 97.80% | 0.192 | 0.196 | 14.14M |" in md
+    assert (
+        "| 1 | 6 | 0.9540 | rl-e0-s1 | 0.9540 | 97.98% | 98.98% | - | 0.320 | 0.326 | - | 27.47M |"
+        in md
+    )
+    assert (
+        "| 3 | 6 | 0.9769 | rl-e0-s0 | 0.9769 | 96.80% | 97.80% | - | 0.192 | 0.196 | - | 14.14M |"
+        in md
+    )
     assert "mean absolute prediction error 4.12%, worst 7.33% over 3 steps" in md
 
 
