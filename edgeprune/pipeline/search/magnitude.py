@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprune.pipeline.search.base import Candidate, OneShotSearcher, candidate_from_keep
-from edgeprune.pipeline.search.task import Keep, StepTask, snap_down
+from edgeprune.pipeline.search.task import Keep, StepTask, smallest_fitting, snap_down
 
 
 def _ranking(task: StepTask) -> tuple[np.ndarray, np.ndarray]:
@@ -51,18 +51,9 @@ def magnitude_plan(task: StepTask) -> Keep:
     """The fewest globally smallest channels whose removal meets the target."""
     ranking = _ranking(task)
     total = sum(task.widths.values())
-    if task.fits(magnitude_keep(task, 0, ranking)):
-        return magnitude_keep(task, 0, ranking)
-    lo, hi = 0, total
-    if not task.fits(magnitude_keep(task, hi, ranking)):
-        return magnitude_keep(task, hi, ranking)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if task.fits(magnitude_keep(task, mid, ranking)):
-            hi = mid
-        else:
-            lo = mid
-    return magnitude_keep(task, hi, ranking)
+    return smallest_fitting(
+        task, lambda n: magnitude_keep(task, int(n), ranking), total, integer=True
+    )
 
 
 class MagnitudeSearcher(OneShotSearcher):

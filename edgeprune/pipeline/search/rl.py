@@ -56,7 +56,7 @@ from edgeprune.pipeline.search.base import (
 )
 from edgeprune.pipeline.search.knapsack import project, solve_knapsack
 from edgeprune.pipeline.search.magnitude import magnitude_plan
-from edgeprune.pipeline.search.task import Keep, StepTask, snap_up
+from edgeprune.pipeline.search.task import Keep, StepTask, smallest_fitting, snap_up
 from edgeprune.pipeline.search.uniform import uniform_plan
 
 EPSILON_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
@@ -489,16 +489,5 @@ def project_pd(task: StepTask, pd: np.ndarray) -> Keep:
     step down if the split alone cannot fit).
     """
     capacity = sum(w - task.grids[g][0] for g, w in task.widths.items())
-    if task.fits(split_by_pd(task, pd, 0)):
-        return project(task, split_by_pd(task, pd, 0))
-    lo, hi = 0.0, float(capacity)
-    if task.fits(split_by_pd(task, pd, hi)):
-        for _ in range(30):
-            mid = 0.5 * (lo + hi)
-            if task.fits(split_by_pd(task, pd, mid)):
-                hi = mid
-            else:
-                lo = mid
-            if hi - lo < 0.5:
-                break
-    return project(task, split_by_pd(task, pd, hi))
+    split = smallest_fitting(task, lambda n: split_by_pd(task, pd, n), capacity, integer=True)
+    return project(task, split)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,3 +104,26 @@ def snap_down(task: StepTask, g: int, k: float) -> int:
     grid = task.grids[g]
     i = bisect.bisect_right(grid, k + 1e-9)
     return grid[max(i - 1, 0)]
+
+
+def smallest_fitting(
+    task: StepTask, plan_at: Callable[[float], Keep], hi: float, *, integer: bool = False
+) -> Keep:
+    """``plan_at(x)`` for the smallest ``x`` in ``[0, hi]`` whose plan fits the target.
+
+    For one-knob plans that shrink as the knob grows (a uniform ratio, a number of channels
+    removed): bisection, to one unit for integer knobs, to 1e-9 of ``hi`` otherwise. When
+    even ``plan_at(hi)`` does not fit, that plan (the smallest) is returned.
+    """
+    if task.fits(plan_at(0)):
+        return plan_at(0)
+    if not task.fits(plan_at(hi)):
+        return plan_at(hi)
+    lo, step = 0.0, 1.0 if integer else 1e-9 * max(hi, 1e-12)
+    while hi - lo > step:
+        mid = (lo + hi) // 2 if integer else 0.5 * (lo + hi)
+        if task.fits(plan_at(mid)):
+            hi = mid
+        else:
+            lo = mid
+    return plan_at(hi)

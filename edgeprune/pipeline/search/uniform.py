@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from edgeprune.pipeline.search.base import Candidate, OneShotSearcher, candidate_from_keep
-from edgeprune.pipeline.search.task import Keep, StepTask
+from edgeprune.pipeline.search.task import Keep, StepTask, smallest_fitting
 
 
 def uniform_keep(task: StepTask, base_widths: Mapping[int, int], rho: float) -> Keep:
@@ -26,18 +26,7 @@ def uniform_keep(task: StepTask, base_widths: Mapping[int, int], rho: float) -> 
 
 def uniform_plan(task: StepTask, base_widths: Mapping[int, int]) -> Keep:
     """The smallest ``rho`` whose uniform plan fits the target (the floor plan if none)."""
-    if task.fits(uniform_keep(task, base_widths, 0.0)):
-        return uniform_keep(task, base_widths, 0.0)
-    lo, hi = 0.0, 1.0
-    if not task.fits(uniform_keep(task, base_widths, hi)):
-        return uniform_keep(task, base_widths, hi)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        if task.fits(uniform_keep(task, base_widths, mid)):
-            hi = mid
-        else:
-            lo = mid
-    return uniform_keep(task, base_widths, hi)
+    return smallest_fitting(task, lambda rho: uniform_keep(task, base_widths, rho), 1.0)
 
 
 class UniformSearcher(OneShotSearcher):
