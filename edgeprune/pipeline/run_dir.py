@@ -27,8 +27,7 @@ import torch
 from edgeprune._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
 from edgeprune.config import RunConfig
 from edgeprune.errors import SearchError
-
-STATE_VERSION = 1
+from edgeprune.pipeline.search.state import STATE_VERSION
 
 
 class RunDir:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from edgeprune.errors import SearchError
@@ -122,13 +122,13 @@ class SearchState:
     search_s: float = 0.0
     final_kd_epochs: float | None = None
     final_finetune_s: float | None = None
-    version: int = field(default=STATE_VERSION)
 
     def replace(self, **changes: Any) -> SearchState:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["version"] = STATE_VERSION
         d["steps"] = [s.to_dict() for s in self.steps]
         d["calibration"] = [list(p) for p in self.calibration]
         d["lut_samples"] = [dict(s) for s in self.lut_samples]
@@ -140,7 +140,7 @@ class SearchState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchState:
-        if d.get("version") != STATE_VERSION:
+        if d.get("version", STATE_VERSION) != STATE_VERSION:
             raise SearchError(
                 f"the checkpoint's state version {d.get('version')!r} is not {STATE_VERSION}: "
                 "it was written by another edgeprune version; start a new run directory"
