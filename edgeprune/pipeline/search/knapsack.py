@@ -44,11 +44,15 @@ def greedy_down(task: StepTask, keep: Mapping[int, int]) -> Keep:
         # that does not, and among those the one losing least value wins.
         best, best_key, best_delta = None, (math.inf, math.inf), 0.0
         for g in task.widths:
-            lower = lower_width(task, g, keep[g])
-            if lower is None:
-                continue
-            saved = -cost.delta_raw(keep, g, lower)
-            if saved <= 0:
+            # The next width down that saves anything: on a staircase (a fine grid under a
+            # runtime's channel multiple) single steps inside a stair save nothing.
+            lower, saved = lower_width(task, g, keep[g]), 0.0
+            while lower is not None:
+                saved = -cost.delta_raw(keep, g, lower)
+                if saved > 0:
+                    break
+                lower = lower_width(task, g, lower)
+            if lower is None or saved <= 0:
                 continue
             lost = task.value(g, keep[g]) - task.value(g, lower)
             key = (0.0, lost) if raw - saved <= limit else (1.0, lost / saved)

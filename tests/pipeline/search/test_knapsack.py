@@ -136,3 +136,25 @@ def test_calibration_never_predicts_zero_or_less() -> None:
         cal.add(raw, ms)
     assert cal.ms(0.01) > 0
     assert cal.raw_for(cal.ms(2.0)) == pytest.approx(2.0)
+
+
+def test_projection_crosses_a_staircase_whose_single_steps_save_nothing() -> None:
+    """Every channel count allowed (no rounding), cost paid per 16 channels (the runtime's
+    staircase): stepping one channel down saves nothing, yet the plan must still fit."""
+    widths = {0: 64, 1: 64}
+    layers = [
+        LayerCost(f"l{g}", 1, 64, (), ((g, 1),), lambda ci, co: float(-(-co // 16))) for g in widths
+    ]
+    cost = CostModel(layers, widths, 0.0, Calibration(unit=1.0))
+    rng = np.random.default_rng(0)
+    task = StepTask(
+        widths,
+        {g: tuple(range(1, 65)) for g in widths},
+        {g: rng.random(64) for g in widths},
+        cost,
+        target=5.0,
+    )
+    keep = project(task, dict(widths))
+    assert task.fits(keep)
+    # landed on stair edges: no channel kept that the cost does not already pay for
+    assert all(k % 16 == 0 for k in keep.values())
