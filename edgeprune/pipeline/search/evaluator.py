@@ -17,15 +17,6 @@ from edgeprune.pipeline.search.reward import Metrics
 from edgeprune.pipeline.search.task import StepTask, normalize_scores
 
 
-def predicted_latency_ms(ctx: RunContext, keep: dict[int, int]) -> float | None:
-    """The cost model's latency (latency goals) or the LUT's (other goals), else None."""
-    if ctx.cost.kind == "latency":
-        return ctx.cost.predict(keep)
-    if ctx.predictor is not None:
-        return None  # the LUT is calibrated only for latency goals' cost model
-    return None
-
-
 def evaluate_candidate(
     ctx: RunContext,
     model: nn.Module,
@@ -46,7 +37,8 @@ def evaluate_candidate(
         row: dict[str, Any] = {"tag": cand.tag, "error": str(exc).splitlines()[0][:300]}
         return Outcome(cand, float("-inf"), 0.0), row
     acc = ctx.proxy_accuracy(res.model)
-    latency = predicted_latency_ms(ctx, dict(cand.keep))
+    predicted = ctx.cost.predict(dict(cand.keep))
+    latency = predicted if ctx.cost.kind == "latency" else None
     macs, params = count_macs_params(res.model, ctx.example)
     r = reward(Metrics(acc, latency, macs, params))
     row = {
@@ -56,7 +48,7 @@ def evaluate_candidate(
         "accuracy": acc,
         "latency_ms": latency,
         "latency_source": "lut" if ctx.predictor is not None else "macs-fit",
-        "predicted_cost": ctx.cost.predict(dict(cand.keep)),
+        "predicted_cost": predicted,
         "macs": macs,
         "params": params,
         "reward": r,
