@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from edgeprune.errors import SearchError
 from edgeprune.latency.lut import LatencyLUT, LayerTable, fit_positive, layer_channels
 from edgeprune.latency.lut_measure import enumerate_layers
 from edgeprune.pipeline.pruning.groups import GroupSet
@@ -255,10 +254,3 @@ def _out_len(size: int, k: int, s: int, p: int, d: int) -> int:
 
 def _cached(fn: Callable[[int, int], float]) -> Callable[[int, int], float]:
     return functools.lru_cache(maxsize=65536)(fn)
-
-
-def check_target(model: CostModel, keep: Keep, target: float) -> bool:
-    """True when the plan meets ``target`` (small relative slack for float noise)."""
-    if not math.isfinite(target) or target <= 0:
-        raise SearchError(f"internal: cost target must be positive, got {target!r}")
-    return model.predict(keep) <= target * (1 + 1e-9)

@@ -20,6 +20,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.errors import SearchError
 from edgeprune.pipeline.finetune import distill_
 from edgeprune.pipeline.pruning.groups import GroupSet, build_groups, count_macs_params
@@ -28,7 +29,7 @@ from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext, rebuild
 from edgeprune.pipeline.search import Outcome, Searcher, make_searcher
-from edgeprune.pipeline.search.evaluator import evaluate_candidate, step_task
+from edgeprune.pipeline.search.evaluator import base_grid, evaluate_candidate, step_task
 from edgeprune.pipeline.search.knapsack import project
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
@@ -127,7 +128,7 @@ def _initial_state(ctx: RunContext) -> SearchState:
 
 def _check_reachable(ctx: RunContext, goal: Goal) -> None:
     """Refuse, before touching the model, a goal below what channel pruning can reach."""
-    floor = {g.id: _grid_floor(ctx, g.id) for g in ctx.base_groups.prunable}
+    floor = {g.id: base_grid(ctx, g.id)[0] for g in ctx.base_groups.prunable}
     reachable = ctx.cost.predict(floor)
     ctx.timings["predicted_floor"] = reachable
     if reachable <= goal.value:
@@ -143,13 +144,6 @@ def _check_reachable(ctx: RunContext, goal: Goal) -> None:
         f"the {goal.kind} goal {goal.value:.4g} is below what pruning can reach "
         f"({reachable:.4g} with every group at its narrowest); loosen the goal"
     )
-
-
-def _grid_floor(ctx: RunContext, gid: int) -> int:
-    from edgeprune.pipeline.pruning.plan import channel_grid
-
-    g = ctx.base_groups[gid]
-    return channel_grid(g.width, ctx.multiple, g.channel_step)[0]
 
 
 def search(
@@ -319,7 +313,8 @@ def _one_step(
         scored = seen.get(tuple(sorted(keep.items())))
         if scored is not None:  # scored this step: reuse (pruning and BN are deterministic)
             out = scored[0]
-            ctx.proxy_accuracy(new)  # puts the model in the scored BN state
+            if ctx.bn_inputs:  # the scored BN state, without evaluating again
+                reestimate_bn_(new, ctx.bn_inputs)
             acc, macs, params = out.accuracy, out.macs, out.params
         else:
             acc = ctx.proxy_accuracy(new)

@@ -56,6 +56,12 @@ def evaluate_candidate(
     return Outcome(cand, r, acc, latency, macs, params), row
 
 
+def base_grid(ctx: RunContext, gid: int) -> tuple[int, ...]:
+    """Widths group ``gid`` may keep: the device's channel grid over its *base* width."""
+    base = ctx.base_groups[gid]
+    return channel_grid(base.width, ctx.multiple, base.channel_step)
+
+
 def step_task(
     ctx: RunContext,
     model: nn.Module,
@@ -69,9 +75,7 @@ def step_task(
     widths = {g.id: g.width for g in groups.prunable}
     grids = {}
     for g in groups.prunable:
-        base = ctx.base_groups[g.id]
-        grid = channel_grid(base.width, ctx.multiple, base.channel_step)
-        grids[g.id] = tuple(k for k in grid if k <= g.width) or (g.width,)
+        grids[g.id] = tuple(k for k in base_grid(ctx, g.id) if k <= g.width) or (g.width,)
     raw = {
         g.id: np.asarray(importance(g, model, g.width), dtype=np.float64) for g in groups.prunable
     }
