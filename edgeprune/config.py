@@ -110,6 +110,17 @@ class SearchConfig(_Section):
     use_lut: bool = Field(True, description="LUT-predicted latency for candidates")
     val_subset: int = Field(1000, ge=50, description="validation images for the proxy")
     bn_batches: int = Field(4, ge=0, description="training batches for BN re-estimation")
+    depth: Literal["auto", "off"] = Field(
+        "auto",
+        description="depth pruning for latency goals: 'auto' weighs dropping residual blocks "
+        "(replaced by their shortcut) against channels alone, by proxy accuracy at the goal",
+    )
+    depth_max_blocks: int | None = Field(
+        None, ge=0, description="most residual blocks dropped (None: every droppable block)"
+    )
+    depth_options: int = Field(
+        8, ge=2, le=64, description="block counts weighed by the depth choice (0 and max incl.)"
+    )
     reward: RewardConfig = RewardConfig()
 
 

@@ -15,6 +15,7 @@ from edgeprune import __version__
 from edgeprune._io import atomic_write_json
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.finetune import distill_
+from edgeprune.pipeline.pruning.blocks import stage_of
 from edgeprune.pipeline.pruning.groups import count_macs_params
 from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.pruned_io import save_pruned
@@ -55,10 +56,16 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
         )
         ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
     removed = {int(g): ix for g, ix in st.removed_base.items() if ix}
-    keep = {g.id: g.width - len(removed.get(g.id, ())) for g in ctx.base_groups.prunable}
+    keep = {g.id: g.width - len(removed.get(g.id, ())) for g in ctx.start_groups.prunable}
     plan = PruningPlan(keep={g: k for g, k in keep.items()}, channel_multiple=1)
     save_pruned(
-        ctx.run.pruned_dir, model, spec=ctx.spec, groups=ctx.base_groups, plan=plan, removed=removed
+        ctx.run.pruned_dir,
+        model,
+        spec=ctx.spec,
+        groups=ctx.start_groups,
+        plan=plan,
+        removed=removed,
+        dropped=ctx.dropped,
     )
     base_export = export_onnx(ctx.base, ctx.profile, ctx.run.baseline_onnx)
     final_export = export_onnx(model, ctx.profile, ctx.run.onnx_path)
@@ -91,7 +98,7 @@ def _accuracies(ctx: RunContext, model: nn.Module) -> dict[str, float | None]:
 
 def _channels(ctx: RunContext, st: SearchState) -> list[dict[str, Any]]:
     rows = []
-    for g in ctx.base_groups:
+    for g in ctx.start_groups:
         gone = len(st.removed_base.get(str(g.id), ()))
         rows.append(
             {
@@ -103,6 +110,23 @@ def _channels(ctx: RunContext, st: SearchState) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _depth(ctx: RunContext, st: SearchState) -> dict[str, Any] | None:
+    """Blocks kept and dropped per stage, and what the depth choice weighed."""
+    if st.depth is None:
+        return None
+    blocks = [b["name"] for b in st.depth.get("blocks", [])]
+    stages: dict[str, dict[str, list[str]]] = {}
+    for name in blocks:
+        row = stages.setdefault(stage_of(name), {"kept": [], "dropped": []})
+        row["dropped" if name in st.dropped_blocks else "kept"].append(name)
+    return {
+        **dict(st.depth),
+        "dropped": list(st.dropped_blocks),
+        "stages": [{"stage": k, **v} for k, v in stages.items()],
+        "start_latency_ms": st.start_value,
+    }
 
 
 def _report(
@@ -192,6 +216,7 @@ def _report(
             "macs_ratio": ctx.base_groups.macs / max(macs, 1),
         },
         "channels": _channels(ctx, st),
+        "depth": _depth(ctx, st),
         "search": {
             "searcher": ctx.config.search.searcher,
             "channel_multiple": st.multiple,

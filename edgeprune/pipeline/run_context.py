@@ -46,6 +46,23 @@ class RunContext:
     val_y: torch.Tensor
     console: Console
     timings: dict[str, float] = field(default_factory=dict)
+    # Where the channel search starts: the base without the residual blocks depth pruning
+    # dropped (the base itself when none were). Group ids and removed channels refer to it.
+    start: nn.Module = None  # type: ignore[assignment]
+    start_groups: GroupSet = None  # type: ignore[assignment]
+    dropped: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            self.start = self.base
+        if self.start_groups is None:
+            self.start_groups = self.base_groups
+
+    def use_start(
+        self, dropped: tuple[str, ...], model: nn.Module, groups: GroupSet, cost: CostModel
+    ) -> None:
+        """Start the channel search from ``model`` (the base without ``dropped`` blocks)."""
+        self.dropped, self.start, self.start_groups, self.cost = dropped, model, groups, cost
 
     def proxy_accuracy(self, model: nn.Module) -> float:
         """Top-1 on the validation subset after adaptive BN re-estimation (EagleEye)."""
@@ -57,10 +74,10 @@ class RunContext:
 def rebuild(
     ctx: RunContext, removed_base: dict[str, list[int]], weights: dict[str, Any]
 ) -> nn.Module:
-    """The pruned model of a checkpoint: base + removed channels (base coordinates) + weights."""
+    """The pruned model of a checkpoint: start + removed channels (its coordinates) + weights."""
     removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
     model = (
-        apply_removed(ctx.base, ctx.base_groups, removed) if removed else copy.deepcopy(ctx.base)
+        apply_removed(ctx.start, ctx.start_groups, removed) if removed else copy.deepcopy(ctx.start)
     )
     model.load_state_dict(weights)
     return model.eval()
@@ -69,4 +86,4 @@ def rebuild(
 def rebuild_arch(ctx: RunContext, removed_base: dict[str, list[int]]) -> nn.Module:
     """Architecture only (base weights) of a pruned state, for LUT re-calibration."""
     removed = {int(g): tuple(ix) for g, ix in removed_base.items() if ix}
-    return apply_removed(ctx.base, ctx.base_groups, removed, verify=False)
+    return apply_removed(ctx.start, ctx.start_groups, removed, verify=False)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgeprune.config import RunConfig
 from edgeprune.errors import EdgepruneError, SearchError
@@ -95,6 +96,48 @@ def test_unreachable_latency_budget_names_the_floor_and_options(tmp_path):
     cfg = _config(tmp_path, budget_ms=1e-4)
     with pytest.raises(SearchError, match=r"narrowest.*looser budget"):
         compress(cfg, tmp_path / "run")
+
+
+def _resnet20(tmp_path: Path, speedup: float, depth: str = "auto") -> RunConfig:
+    """resnet20 on digits with the MACs-fitted latency (no LUT): with one calibration point
+    through the origin, every floor is a fixed fraction of the baseline's latency."""
+    cfg = _config(tmp_path, speedup=speedup, max_steps=3)
+    return RunConfig.validate_dict(
+        {
+            **cfg.model_dump(),
+            "model": {"name": "resnet20", "baseline_epochs": 1},
+            "search": {**cfg.search.model_dump(), "searcher": "knapsack", "depth": depth},
+        }
+    )
+
+
+def test_budget_below_depth_floor_is_refused_with_both_floors(tmp_path):
+    # channels alone reach 1/406 of the baseline's MACs, with every droppable block gone 1/1210
+    with pytest.raises(SearchError, match=r"narrowest and [\d.]+ ms with the 7 droppable"):
+        compress(_resnet20(tmp_path, 3000), tmp_path / "run")
+    assert not (tmp_path / "run" / "search.jsonl").exists()
+    assert not (tmp_path / "run" / "checkpoint" / "state.json").exists()
+
+
+def test_budget_channels_cannot_reach_suggests_depth_when_it_is_off(tmp_path):
+    with pytest.raises(SearchError, match=r"search\.depth=auto"):
+        compress(_resnet20(tmp_path, 600, depth="off"), tmp_path / "run")
+
+
+def test_depth_pruning_drops_blocks_where_channels_alone_cannot_reach(tmp_path):
+    from edgeprune.pipeline.pruning.pruned_io import load_pruned
+
+    report = compress(_resnet20(tmp_path, 600), tmp_path / "run")
+    depth = report["depth"]
+    unreachable = [o for o in depth["options"] if not o["reachable"]]
+    assert unreachable and unreachable[0]["blocks"] == 0  # channels alone: over the budget
+    assert depth["dropped"] and len(depth["blocks"]) == 7
+    assert all(o["floor_ms"] > report["goal"]["budget_ms"] for o in unreachable)
+    stages = {s["stage"]: s for s in depth["stages"]}
+    assert sum(len(s["dropped"]) for s in stages.values()) == len(depth["dropped"])
+    model = load_pruned(tmp_path / "run" / "model_pruned")
+    for name in depth["dropped"]:
+        assert isinstance(model.get_submodule(name), torch.nn.Identity)
 
 
 def test_no_validation_data(tmp_path):

@@ -1,8 +1,8 @@
 """Save and load pruned models without pickling modules.
 
-A pruned model is stored as what rebuilds it: the base model spec, the plan and the exact
-removed channel indices (``spec.json``), and a plain state_dict (``weights.pt``, read with
-``weights_only=True``). Loading builds a fresh base model, replays the removals by group
+A pruned model is stored as what rebuilds it: the base model spec, the residual blocks
+depth pruning dropped, the plan and the exact removed channel indices (``spec.json``), and
+a plain state_dict (``weights.pt``, read with ``weights_only=True``). Loading builds a fresh base model, replays the removals by group
 name (importance is *not* re-scored, so the result is the same channels), then loads the
 weights. Nothing in the directory can run code when loaded.
 """
@@ -21,6 +21,7 @@ from torch import nn
 from edgeprune._io import atomic_torch_save, atomic_write_json, sha256_file
 from edgeprune.errors import EdgepruneError, PruningError
 from edgeprune.models import ModelSpec
+from edgeprune.pipeline.pruning.blocks import drop_blocks
 from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
 from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.prune import apply_removed
@@ -40,6 +41,7 @@ def save_pruned(
     groups: GroupSet,
     plan: PruningPlan,
     removed: Mapping[int, Sequence[int]],
+    dropped: Sequence[str] = (),
 ) -> Path:
     """Write ``spec.json`` and ``weights.pt`` for a pruned model (each file atomically).
 
@@ -47,9 +49,10 @@ def save_pruned(
         directory: Output directory (created).
         model: The pruned model (e.g. ``PruneResult.model``, possibly fine-tuned).
         spec: The base architecture the groups were built from.
-        groups: Groups of the base model.
+        groups: Groups of the base model (without ``dropped`` blocks, when there are).
         plan: The plan applied.
         removed: Group id -> removed channel indices (``PruneResult.removed``).
+        dropped: Residual blocks replaced by the identity before the channels were cut.
 
     Returns:
         The directory.
@@ -58,7 +61,7 @@ def save_pruned(
         PruningError: ``model`` is not what replaying ``removed`` on ``spec`` gives.
     """
     directory = Path(directory)
-    replay = apply_removed(spec.build(), groups, removed, verify=False)
+    replay = apply_removed(drop_blocks(spec.build(), dropped), groups, removed, verify=False)
     _check_state_fits(replay, model.state_dict(), "the model to save")
     entries = [
         {"id": gid, "name": groups[gid].name, "width": groups[gid].width, "removed": sorted(idx)}
@@ -72,6 +75,7 @@ def save_pruned(
         "model": spec.to_dict(),
         "input_shape": list(groups.input_shape),
         "ignored_layers": list(groups.ignored_layers),
+        "dropped_blocks": list(dropped),
         "plan": plan.to_dict(),
         "removed": entries,
         "weights": WEIGHTS_FILE,
@@ -120,7 +124,7 @@ def load_pruned(directory: str | Path) -> nn.Module:
     meta = read_pruned_spec(directory)
     try:
         spec = ModelSpec.from_dict(meta["model"])
-        base = spec.build()
+        base = drop_blocks(spec.build(), [str(n) for n in meta.get("dropped_blocks", ())])
         input_shape = tuple(int(d) for d in meta["input_shape"])
         removed = {int(e["id"]): [int(i) for i in e["removed"]] for e in meta["removed"]}
         names = {int(e["id"]): (str(e["name"]), int(e["width"])) for e in meta["removed"]}

@@ -189,7 +189,10 @@ def latency_cost_model(groups: GroupSet, lut: LatencyLUT, model: nn.Module) -> C
     Uncalibrated, the prediction is the LUT's per-layer sum plus the runtime's call overhead
     (us -> ms); :meth:`Calibration.add` corrects it with measurements.
     """
-    specs = lut.layers
+    # A model without some of the LUT's layers (residual blocks dropped) costs only the
+    # layers it still has: a dropped block's layers vanish from the sum.
+    present = {n for n, _ in model.named_modules()}
+    specs = {n: s for n, s in lut.layers.items() if n in present}
     multiple = lut.multiple
     base_chans = layer_channels(model)
     terms = _layer_terms(groups, set(specs))

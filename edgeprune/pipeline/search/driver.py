@@ -29,6 +29,7 @@ from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext, rebuild
 from edgeprune.pipeline.search import Outcome, Searcher, make_searcher
+from edgeprune.pipeline.search.depth import choose_depth, depth_floor, droppable_blocks, reduce
 from edgeprune.pipeline.search.evaluator import base_grid, evaluate_candidate, step_task
 from edgeprune.pipeline.search.knapsack import project
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
@@ -127,22 +128,76 @@ def _initial_state(ctx: RunContext) -> SearchState:
 
 
 def _check_reachable(ctx: RunContext, goal: Goal) -> None:
-    """Refuse, before touching the model, a goal below what channel pruning can reach."""
+    """Refuse, before touching the model, a goal below what pruning can reach: channels
+    alone, or with the most residual blocks depth pruning may drop."""
     floor = {g.id: base_grid(ctx, g.id)[0] for g in ctx.base_groups.prunable}
     reachable = ctx.cost.predict(floor)
     ctx.timings["predicted_floor"] = reachable
     if reachable <= goal.value:
         return
-    if goal.kind == "latency":
+    if goal.kind != "latency":
         raise SearchError(
-            f"the budget {goal.value:.3f} ms is below the fastest this model gets by pruning "
-            f"channels on {ctx.profile.name}: {reachable:.3f} ms predicted with every group "
-            "at its narrowest. Options: a looser budget (>= that floor), FP16/INT8 where the "
-            "profile allows it, or a smaller architecture"
+            f"the {goal.kind} goal {goal.value:.4g} is below what pruning can reach "
+            f"({reachable:.4g} with every group at its narrowest); loosen the goal"
+        )
+    blocks = droppable_blocks(ctx)
+    deep = depth_floor(ctx, blocks) if blocks else None
+    ctx.timings["predicted_depth_floor"] = deep if deep is not None else reachable
+    if deep is not None and deep <= goal.value:
+        return
+    if deep is not None:
+        depth = (
+            f" and {deep:.3f} ms with the {len(blocks)} droppable residual blocks replaced by "
+            "their shortcut"
+        )
+        more = ""
+    else:
+        depth = ""
+        more = (
+            ", depth pruning (search.depth: auto; this model has no residual blocks it can drop)"
+            if ctx.config.search.depth == "auto"
+            else ", depth pruning (--set search.depth=auto)"
         )
     raise SearchError(
-        f"the {goal.kind} goal {goal.value:.4g} is below what pruning can reach "
-        f"({reachable:.4g} with every group at its narrowest); loosen the goal"
+        f"the budget {goal.value:.3f} ms is below the fastest this model gets on "
+        f"{ctx.profile.name}: {reachable:.3f} ms predicted with every channel group at its "
+        f"narrowest{depth}. Options: a looser budget (>= that floor), FP16/INT8 where the "
+        f"profile allows it{more}, or a smaller architecture"
+    )
+
+
+def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) -> SearchState:
+    """Weigh dropping residual blocks at the goal; start the channel search from the choice."""
+    if goal.kind != "latency":
+        return st
+    t = time.perf_counter()
+    ctx.console.print("[bold]depth[/]: weighing residual blocks against channels at the goal")
+    choice = choose_depth(ctx, goal.value, importance, st.baseline_proxy_accuracy)
+    st = st.replace(depth=choice.to_dict())
+    if not choice.dropped:
+        if choice.blocks:
+            ctx.console.print("depth: channels alone do best by proxy; no block dropped")
+        return st
+    r = reduce(ctx, choice.dropped)
+    ctx.use_start(r.dropped, r.model, r.groups, r.cost)
+    ratio = ctx.oracle.measure_vs_baseline(r.model, ctx.base).ratio
+    measured = st.baseline_ms * ratio
+    ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
+    macs, params = count_macs_params(r.model, ctx.example)
+    ctx.console.print(
+        f"depth: dropped {len(r.dropped)} blocks ({', '.join(r.dropped)}): {measured:.3f} ms "
+        f"measured, {time.perf_counter() - t:.0f} s"
+    )
+    return st.replace(
+        dropped_blocks=r.dropped,
+        start_value=measured,
+        value=measured,
+        latency_ms=measured,
+        macs=macs,
+        params=params,
+        accuracy=ctx.proxy_accuracy(_copy(r.model)),
+        survivors={str(g.id): list(range(g.width)) for g in r.groups.prunable},
+        calibration=tuple(ctx.cost.calibration.pairs),
     )
 
 
@@ -152,12 +207,17 @@ def search(
     """Run prune steps until the goal is met (or nothing is left); return the final state
     and model."""
     cfg = ctx.config
+    importance = _importance(ctx)
     if checkpoint is None:
         st = _initial_state(ctx)
-        model = _copy(ctx.base).eval()
+        st = _depth_phase(ctx, st, _goal(ctx, st.baseline_ms), importance)
+        model = _copy(ctx.start).eval()
         ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
     else:
         st = SearchState.from_dict(checkpoint[0])
+        if st.dropped_blocks:
+            r = reduce(ctx, tuple(st.dropped_blocks))
+            ctx.use_start(r.dropped, r.model, r.groups, r.cost)
         model = rebuild(ctx, dict(st.removed_base), checkpoint[1])
         ctx.run.truncate_log(st.log_rows)  # drop candidates of the unfinished step
         ctx.multiple = st.multiple
@@ -167,12 +227,13 @@ def search(
     if st.phase != "search":
         return st, model
     goal = _goal(ctx, st.baseline_ms)
+    if st.start_value is not None:  # blocks dropped: the schedule starts where they left it
+        goal = dataclasses.replace(goal, start=st.start_value)
     settings = {**cfg.search.model_dump(), "total_steps_estimate": goal.steps}
     searcher = make_searcher(cfg.search.searcher, settings, seed=cfg.seed)
     if st.searcher is not None:
         searcher.load_state_dict(st.searcher)
     reward = _reward_fn(ctx, searcher, st.budget_ms)
-    importance = _importance(ctx)
     t_search = time.perf_counter()
     stop_reason = None
     with Progress(
@@ -265,7 +326,7 @@ def _one_step(
     cfg = ctx.config
     bar, task_id = progress
     groups = build_groups(model, ctx.example, ignored_layers=cfg.search.ignored_layers)
-    _check_same_groups(ctx.base_groups, groups)
+    _check_same_groups(ctx.start_groups, groups)
     step = st.step + 1
     index = st.step
     final = goal.is_final(index)
@@ -341,9 +402,9 @@ def _one_step(
         survivors[str(gid)] = [s for i, s in enumerate(survivors[str(gid)]) if i not in gone]
     removed_base = {
         str(g.id): sorted(set(range(g.width)) - set(survivors[str(g.id)]))
-        for g in ctx.base_groups.prunable
+        for g in ctx.start_groups.prunable
     }
-    total = sum(g.width for g in ctx.base_groups.prunable)
+    total = sum(g.width for g in ctx.start_groups.prunable)
     kept_total = sum(len(v) for v in survivors.values())
     accuracy = ctx.proxy_accuracy(_copy(new))
     record = StepRecord(

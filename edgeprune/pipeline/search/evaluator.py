@@ -13,6 +13,7 @@ from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.search.base import Candidate, Outcome
+from edgeprune.pipeline.search.cost import CostModel
 from edgeprune.pipeline.search.reward import Metrics
 from edgeprune.pipeline.search.task import StepTask, normalize_scores
 
@@ -57,8 +58,9 @@ def evaluate_candidate(
 
 
 def base_grid(ctx: RunContext, gid: int) -> tuple[int, ...]:
-    """Widths group ``gid`` may keep: the device's channel grid over its *base* width."""
-    base = ctx.base_groups[gid]
+    """Widths group ``gid`` may keep: the device's channel grid over its width in the model
+    the channel search started from."""
+    base = ctx.start_groups[gid]
     return channel_grid(base.width, ctx.multiple, base.channel_step)
 
 
@@ -70,12 +72,21 @@ def step_task(
     target: float,
     index: int,
     final: bool,
+    *,
+    start: GroupSet | None = None,
+    cost: CostModel | None = None,
 ) -> StepTask:
-    """The step's question: widths, channel grids, normalised importance, cost and target."""
+    """The step's question: widths, channel grids, normalised importance, cost and target.
+
+    ``start`` (the groups the grids are defined over) and ``cost`` default to the run's.
+    """
+    start = start or ctx.start_groups
     widths = {g.id: g.width for g in groups.prunable}
     grids = {}
     for g in groups.prunable:
-        grids[g.id] = tuple(k for k in base_grid(ctx, g.id) if k <= g.width) or (g.width,)
+        s = start[g.id]
+        full = channel_grid(s.width, ctx.multiple, s.channel_step)
+        grids[g.id] = tuple(k for k in full if k <= g.width) or (g.width,)
     raw = {
         g.id: np.asarray(importance(g, model, g.width), dtype=np.float64) for g in groups.prunable
     }
@@ -84,7 +95,7 @@ def step_task(
         widths,
         grids,
         {g: normalize_scores(v) for g, v in raw.items()},
-        ctx.cost,
+        cost or ctx.cost,
         target,
         index=index,
         final=final,

@@ -92,6 +92,10 @@ class SearchState:
         searcher: The searcher's ``state_dict`` after the last step.
         calibration: (raw cost, measured) pairs the cost model is fitted on.
         kd_epochs: KD epochs spent by the steps (the final fine-tune gets the rest).
+        dropped_blocks: Residual blocks depth pruning replaced by their shortcut; group ids,
+            ``removed_base`` and ``survivors`` refer to the base without them.
+        start_value: Measured latency of the base without those blocks (None: none dropped).
+        depth: What the depth choice weighed (blocks, options), None when it did not run.
     """
 
     phase: str
@@ -122,6 +126,9 @@ class SearchState:
     search_s: float = 0.0
     final_kd_epochs: float | None = None
     final_finetune_s: float | None = None
+    dropped_blocks: tuple[str, ...] = ()
+    start_value: float | None = None
+    depth: Mapping[str, Any] | None = None
 
     def replace(self, **changes: Any) -> SearchState:
         return dataclasses.replace(self, **changes)
@@ -132,6 +139,7 @@ class SearchState:
         d["steps"] = [s.to_dict() for s in self.steps]
         d["calibration"] = [list(p) for p in self.calibration]
         d["lut_samples"] = [dict(s) for s in self.lut_samples]
+        d["dropped_blocks"] = list(self.dropped_blocks)
         d["removed_base"] = {k: list(v) for k, v in self.removed_base.items()}
         d["survivors"] = {k: list(v) for k, v in self.survivors.items()}
         d["baseline_stats"] = dict(self.baseline_stats)
@@ -152,6 +160,7 @@ class SearchState:
                     "steps": tuple(StepRecord.from_dict(s) for s in d["steps"]),
                     "calibration": tuple((float(a), float(b)) for a, b in d["calibration"]),
                     "lut_samples": tuple(d["lut_samples"]),
+                    "dropped_blocks": tuple(d.get("dropped_blocks", ())),
                 }
             )
         except (KeyError, TypeError, ValueError) as exc:

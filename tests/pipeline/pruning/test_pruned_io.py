@@ -145,3 +145,24 @@ def test_save_refuses_a_model_that_does_not_match_the_plan(tmp_path: Path, saved
             tmp_path / "x", base, spec=spec, groups=groups, plan=plan, removed=result.removed
         )
     assert not (tmp_path / "x" / "spec.json").exists()
+
+
+def test_round_trip_with_dropped_blocks_is_exact(tmp_path: Path) -> None:
+    from edgeprune.pipeline.pruning.blocks import drop_blocks
+
+    spec = ModelSpec("resnet20", 10)
+    base = drop_blocks(spec.build().eval(), ["layer1.1", "layer3.2"])
+    x = torch.zeros(1, 3, 32, 32)
+    groups = build_groups(base, x)
+    plan = plan_from_ratios(groups, {g.id: 0.5 for g in groups.prunable}, 4)
+    res = prune(base, groups, plan)
+    out = save_pruned(
+        tmp_path / "m", res.model, spec=spec, groups=groups, plan=plan, removed=res.removed,
+        dropped=["layer1.1", "layer3.2"],
+    )  # fmt: skip
+    assert read_pruned_spec(out)["dropped_blocks"] == ["layer1.1", "layer3.2"]
+    loaded = load_pruned(out)
+    y = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(y), res.model(y))
+    assert isinstance(loaded.layer1[1], torch.nn.Identity)

@@ -1,0 +1,164 @@
+"""Depth pruning: which residual blocks to replace by their shortcut before the channel search.
+
+Below a few channels per layer the cost is no longer in the channels (on ORT a 3x3 conv at
+16x16 costs ~8 us with one channel, ~20 us with eight), so a tight budget needs fewer
+layers. The depth choice weighs blocks against channels at the goal itself:
+
+1. the droppable blocks (:func:`~edgeprune.pipeline.pruning.blocks.find_blocks`) are priced
+   exactly by the cost model (their layers vanish) and valued by a measured proxy: the
+   validation-subset accuracy lost with the block bypassed, after BN re-estimation;
+2. they are ranked by accuracy lost per millisecond saved;
+3. for each of up to ``search.depth_options`` block counts ``n`` (0 and the most allowed
+   included), the first ``n`` blocks are dropped and the channel knapsack fills the rest of
+   the way to the goal; the plan is pruned and scored by the same proxy. Counts whose
+   channel floor is above the goal cannot reach it and are skipped;
+4. the count with the best proxy accuracy wins (ties: fewer blocks), and the channel search
+   runs its latency schedule from the model without those blocks.
+
+``n = 0`` is always weighed, so a budget channels can meet drops blocks only when the proxy
+says it pays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from edgeprune.pipeline.pruning.blocks import BlockInfo, drop_blocks, find_blocks
+from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
+from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid
+from edgeprune.pipeline.pruning.prune import prune
+from edgeprune.pipeline.run_context import RunContext
+from edgeprune.pipeline.search.cost import CostModel, latency_cost_model, macs_cost_model
+from edgeprune.pipeline.search.evaluator import step_task
+from edgeprune.pipeline.search.knapsack import solve_knapsack
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The base without some blocks: model, its groups and its cost model."""
+
+    dropped: tuple[str, ...]
+    model: nn.Module
+    groups: GroupSet
+    cost: CostModel
+
+    def full(self) -> dict[int, int]:
+        return {g.id: g.width for g in self.groups.prunable}
+
+    def floor(self, multiple: int) -> dict[int, int]:
+        """Every prunable group at its narrowest grid width."""
+        return {
+            g.id: channel_grid(g.width, multiple, g.channel_step)[0] for g in self.groups.prunable
+        }
+
+
+@dataclass
+class DepthChoice:
+    """What the depth choice weighed and picked (``report.json``'s ``depth``)."""
+
+    dropped: tuple[str, ...] = ()
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    options: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dropped": list(self.dropped), "blocks": self.blocks, "options": self.options}
+
+
+def droppable_blocks(ctx: RunContext) -> tuple[BlockInfo, ...]:
+    """Blocks depth pruning may drop: none with ``search.depth: off`` or a non-latency goal;
+    blocks holding an ignored layer stay."""
+    cfg = ctx.config
+    if cfg.search.depth == "off" or cfg.goal.sparsity is not None or cfg.goal.flops_ratio:
+        return ()
+    ignored = set(cfg.search.ignored_layers)
+    blocks = find_blocks(ctx.base, ctx.example)
+    return tuple(b for b in blocks if not ignored & set(b.layers) and b.name not in ignored)
+
+
+def reduce(ctx: RunContext, dropped: tuple[str, ...]) -> Reduced:
+    """The base without ``dropped``, its groups, and a cost model on the run's calibration."""
+    if not dropped:
+        return Reduced((), ctx.base, ctx.base_groups, ctx.cost)
+    model = drop_blocks(ctx.base, dropped)
+    names = {n for n, _ in model.named_modules()}
+    ignored = [n for n in ctx.config.search.ignored_layers if n in names]
+    groups = build_groups(model, ctx.example, ignored_layers=ignored)
+    if ctx.predictor is not None:
+        cost = latency_cost_model(groups, ctx.predictor, model)
+    else:
+        cost = macs_cost_model(groups, model, ctx.profile.full_input_shape)
+        cost.kind = "latency"
+    cost.calibration = ctx.cost.calibration  # one raw -> ms map for every architecture
+    return Reduced(tuple(dropped), model, groups, cost)
+
+
+def depth_floor(ctx: RunContext, blocks: tuple[BlockInfo, ...]) -> float:
+    """Predicted ms of the smallest reachable model: the most blocks dropped, channels at
+    their narrowest."""
+    limit = ctx.config.search.depth_max_blocks
+    ranked = sorted(blocks, key=lambda b: -_saved(ctx, b))[: limit if limit is not None else None]
+    r = reduce(ctx, tuple(b.name for b in ranked))
+    return r.cost.predict(r.floor(ctx.multiple))
+
+
+def _saved(ctx: RunContext, block: BlockInfo) -> float:
+    full = ctx.cost.predict({g.id: g.width for g in ctx.base_groups.prunable})
+    r = reduce(ctx, (block.name,))
+    return full - r.cost.predict(r.full())
+
+
+def choose_depth(
+    ctx: RunContext, goal_ms: float, importance: Any, base_accuracy: float
+) -> DepthChoice:
+    """Weigh dropping blocks against channels alone at ``goal_ms`` (see the module doc)."""
+    blocks = droppable_blocks(ctx)
+    choice = DepthChoice()
+    if not blocks:
+        return choice
+    full_ms = ctx.cost.predict({g.id: g.width for g in ctx.base_groups.prunable})
+    ranked = []
+    for b in blocks:
+        r = reduce(ctx, (b.name,))
+        saved = full_ms - r.cost.predict(r.full())
+        acc = ctx.proxy_accuracy(r.model)
+        lost = base_accuracy - acc
+        ranked.append((lost / saved if saved > 0 else float("inf"), b, saved, acc))
+        choice.blocks.append(
+            {"name": b.name, "stage": b.stage, "saved_ms": saved, "proxy_accuracy": acc}
+        )
+    order = [b for key, b, saved, _ in sorted(ranked, key=lambda t: t[0]) if saved > 0]
+    limit = ctx.config.search.depth_max_blocks
+    order = order[: limit if limit is not None else None]
+    best: tuple[float, int] | None = None
+    for n in option_counts(len(order), ctx.config.search.depth_options):
+        dropped = tuple(b.name for b in order[:n])
+        r = reduce(ctx, dropped)
+        floor = r.cost.predict(r.floor(ctx.multiple))
+        row: dict[str, Any] = {"blocks": n, "dropped": list(dropped), "floor_ms": floor}
+        if floor > goal_ms:
+            choice.options.append({**row, "reachable": False})
+            continue
+        task = step_task(
+            ctx, r.model, r.groups, importance, goal_ms, 0, True, start=r.groups, cost=r.cost
+        )
+        keep = solve_knapsack(task.with_raw_scores())
+        pruned = prune(r.model, r.groups, PruningPlan(keep=keep), importance, verify=False).model
+        acc = ctx.proxy_accuracy(pruned)
+        choice.options.append(
+            {**row, "reachable": True, "predicted_ms": r.cost.predict(keep), "proxy_accuracy": acc}
+        )
+        if best is None or acc > best[0]:
+            best = (acc, n)
+    if best is not None:
+        choice.dropped = tuple(b.name for b in order[: best[1]])
+    return choice
+
+
+def option_counts(n_blocks: int, options: int) -> list[int]:
+    """Up to ``options`` block counts from 0 to ``n_blocks``, evenly spread, ends included."""
+    if n_blocks + 1 <= options:
+        return list(range(n_blocks + 1))
+    return sorted({round(i * n_blocks / (options - 1)) for i in range(options)})
