@@ -4,7 +4,8 @@ A pruned model is stored as what rebuilds it: the base model spec, the residual 
 depth pruning dropped, the plan and the exact removed channel indices (``spec.json``), and
 a plain state_dict (``weights.pt``, read with ``weights_only=True``). Loading builds a
 fresh base model, drops the blocks, replays the removals by group name (importance is *not*
-re-scored, so the result is the same channels), then loads the weights. Nothing in the directory can run code when loaded.
+re-scored, so the result is the same channels), then loads the weights. Nothing in the
+directory can run code when loaded.
 """
 
 from __future__ import annotations
