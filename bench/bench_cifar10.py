@@ -51,6 +51,7 @@ from peer_results import (
     RESULTS_VERSION,
     final_benchmark,
     method_row,
+    refused_row,
     summary_table,
     winners,
     write_outputs,
@@ -292,6 +293,8 @@ def run(
     final_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bm["onnx"], onnx[BASELINE])
     for mr in runs:
+        if mr.status == "refused":
+            continue
         name = f"{mr.method}-b{budget_tag(mr.fraction)}"
         onnx[name] = final_dir / f"{name}.onnx"
         shutil.copyfile(mr.run_dir / "model.onnx", onnx[name])
@@ -314,8 +317,12 @@ def run(
         "onnx_sha256": base_m["onnx_sha256"],
     }
     rows = [
-        method_row(name, mr, fb["per_model"][name], base_row)
-        for name, mr in zip(list(onnx)[1:], runs, strict=True)
+        refused_row(mr, base_row)
+        if mr.status == "refused"
+        else method_row(name, mr, fb["per_model"][name], base_row)
+        for name, mr in zip(
+            [f"{mr.method}-b{budget_tag(mr.fraction)}" for mr in runs], runs, strict=True
+        )
     ]
     timings["total"] = time.perf_counter() - t0
     results = {

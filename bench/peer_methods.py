@@ -4,18 +4,22 @@ Every method is one ``edgeprune compress`` run (``edgeprune.pipeline.compress.co
 with its own run config; they share the baseline weights, the data, the device profile, the
 goal and its stopping rule (speedup 1/fraction over the baseline p50, reached through the
 library's latency schedule and landed on interleaved measurements), and the KD budget.
-Only the searcher, the channel rounding and the criterion differ:
+Only the searcher, the channel rounding, the criterion and depth pruning differ:
 
-=================== =========== ======== =========================================
-method              searcher    rounding where the channels go
-=================== =========== ======== =========================================
-edgeprune           rl          yes      RL on top of knapsack + magnitude (accuracy)
-knapsack            knapsack    yes      most importance per ms (HALP-style)
-rl-flops            rl-flops    yes      RL-Pruner's FLOPs reward
-uniform             uniform     yes      one ratio everywhere
-magnitude           magnitude   no       Torch-Pruning global L2, no rounding
-magnitude-rounded   magnitude   yes      Torch-Pruning global L2 + our channel grid
-=================== =========== ======== =========================================
+=================== =========== ======== ===== =========================================
+method              searcher    rounding depth where the channels go
+=================== =========== ======== ===== =========================================
+edgeprune           rl          yes      auto  RL on top of knapsack + magnitude (accuracy)
+knapsack            knapsack    yes      auto  most importance per ms (HALP-style)
+knapsack-width      knapsack    yes      off   the same, channels only (ablation)
+rl-flops            rl-flops    yes      off   RL-Pruner's FLOPs reward
+uniform             uniform     yes      off   one ratio everywhere
+magnitude           magnitude   no       off   Torch-Pruning global L2, no rounding
+magnitude-rounded   magnitude   yes      off   Torch-Pruning global L2 + our channel grid
+=================== =========== ======== ===== =========================================
+
+A method whose channel floor is above the budget is refused before it prunes anything; the
+benchmark records the refusal and the floor it names instead of a model.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import tarfile
 import time
@@ -37,7 +42,7 @@ from edgeprune import __version__
 from edgeprune._io import atomic_write_json, sha256_file
 from edgeprune.config import RunConfig
 from edgeprune.data import DataSplits, extract_archive, load_data
-from edgeprune.errors import DataError
+from edgeprune.errors import DataError, SearchError
 from edgeprune.models import load_model
 from edgeprune.pipeline.compress import compress
 from edgeprune.pipeline.train import evaluate, train
@@ -45,6 +50,7 @@ from edgeprune.pipeline.train import evaluate, train
 METHODS: tuple[str, ...] = (
     "edgeprune",
     "knapsack",
+    "knapsack-width",
     "rl-flops",
     "uniform",
     "magnitude",
@@ -61,16 +67,21 @@ class MethodSpec:
         round_to_multiple: Round channel counts to the device's channel multiple.
         criterion: Which channels inside a group go, and how the searcher ranks them
             (magnitude: Torch-Pruning's L2).
+        depth: ``search.depth``: ``auto`` weighs dropping residual blocks (edgeprune's
+            searchers), ``off`` prunes channels only (the peers, as their users run them,
+            and ``knapsack-width``, the channel-only ablation).
     """
 
     searcher: str
     round_to_multiple: bool
     criterion: str
+    depth: str = "off"
 
 
 SPECS: dict[str, MethodSpec] = {
-    "edgeprune": MethodSpec("rl", True, "l1"),
-    "knapsack": MethodSpec("knapsack", True, "l1"),
+    "edgeprune": MethodSpec("rl", True, "l1", "auto"),
+    "knapsack": MethodSpec("knapsack", True, "l1", "auto"),
+    "knapsack-width": MethodSpec("knapsack", True, "l1", "off"),
     "rl-flops": MethodSpec("rl-flops", True, "l1"),
     "uniform": MethodSpec("uniform", True, "l1"),
     "magnitude": MethodSpec("magnitude", False, "l2"),
@@ -319,6 +330,7 @@ def method_config(
                 "searcher": spec.searcher,
                 "round_to_multiple": spec.round_to_multiple,
                 "criterion": spec.criterion,
+                "depth": spec.depth,
                 "steps": settings.steps,
                 "samples": settings.samples,
                 "rl_epochs": settings.rl_epochs,
@@ -363,8 +375,26 @@ def run_method(
     if report_path.is_file():
         report = json.loads(report_path.read_text(encoding="utf-8"))
         return MethodRun(method, fraction, run_dir, report, "cached", time.perf_counter() - t)
+    refused_path = run_dir / "refused.json"
+    if refused_path.is_file():
+        report = json.loads(refused_path.read_text(encoding="utf-8"))
+        return MethodRun(method, fraction, run_dir, report, "refused", time.perf_counter() - t)
     started = (run_dir / "checkpoint" / "state.json").is_file()
     status = "resumed" if started else "ran"
-    report = compress(config, run_dir, resume=started, console=console)
+    try:
+        report = compress(config, run_dir, resume=started, console=console)
+    except SearchError as exc:
+        if (run_dir / "checkpoint" / "state.json").is_file():
+            raise  # refused only before pruning; anything later is a failure
+        console.print(f"[yellow]{method} refused the budget:[/] {exc}")
+        report = {"refused": str(exc), "floor_ms": refused_floor_ms(str(exc))}
+        atomic_write_json(refused_path, report)
+        status = "refused"
     torch.set_num_threads(config.threads)
     return MethodRun(method, fraction, run_dir, report, status, time.perf_counter() - t)
+
+
+def refused_floor_ms(message: str) -> float | None:
+    """The predicted floor a refusal names (the smallest figure it gives in ms)."""
+    found = [float(v) for v in re.findall(r"([0-9]+\.[0-9]+) ms (?:predicted|with)", message)]
+    return min(found) if found else None

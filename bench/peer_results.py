@@ -111,6 +111,8 @@ def method_row(
         "round_to_multiple": rep["config"]["search"]["round_to_multiple"],
         "channel_multiple": rep["search"]["channel_multiple"],
         "stop_reason": rep["goal"]["stop_reason"],
+        "depth": rep["config"]["search"].get("depth", "off"),
+        "dropped_blocks": (rep.get("depth") or {}).get("dropped", []),
         "steps": steps,
         "candidates": len(rep["search"]["candidates"]),
         "kd_epochs": rep["search"]["kd_epochs"]["steps"] + rep["search"]["kd_epochs"]["final"],
@@ -122,6 +124,26 @@ def method_row(
         "onnx_sha256": measured["onnx_sha256"],
         "p50_ms_repeats": measured["p50_ms_repeats"],
         "speedup_repeats": measured["speedup_repeats"],
+    }
+
+
+def refused_row(run: Any, base_report: Mapping[str, Any]) -> dict[str, Any]:
+    """A method that refused the budget before pruning: no model, the floor it named."""
+    fraction = run.fraction
+    return {
+        "method": run.method,
+        "budget_fraction": fraction,
+        "budget_ms": fraction * base_report["p50_ms"],
+        "meets_budget": False,
+        "refused": run.report["refused"],
+        "floor_ms_predicted": run.report.get("floor_ms"),
+        "floor_fraction_predicted": None
+        if run.report.get("floor_ms") is None
+        else run.report["floor_ms"] / base_report["p50_ms_at_start"],
+        "test_top1": None,
+        "p50_ms": None,
+        "status": run.status,
+        "run_dir": str(run.run_dir),
     }
 
 
@@ -139,7 +161,7 @@ def winners(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> li
                     runner_up=ok[1]["method"],
                     margin_pp=100 * (ok[0]["test_top1"] - ok[1]["test_top1"]),
                 )
-            edge = [r for r in at if r["method"] == "edgeprune"]
+            edge = [r for r in at if r["method"] == "edgeprune" and r["test_top1"] is not None]
             if edge and ok[0]["method"] != "edgeprune":
                 entry["edgeprune_gap_pp"] = 100 * (edge[0]["test_top1"] - ok[0]["test_top1"])
         else:
@@ -190,8 +212,20 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         "|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
+        if r.get("refused"):
+            floor = r.get("floor_fraction_predicted")
+            lines.append(
+                f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {r['method']} | "
+                "refused | - | - | no | floor "
+                + ("-" if floor is None else f"{100 * floor:.0f}% of the baseline (predicted)")
+                + " | - | - | - | - | - | - |"
+            )
+            continue
+        method = r["method"] + (
+            f" ({len(r['dropped_blocks'])} blocks dropped)" if r.get("dropped_blocks") else ""
+        )
         lines.append(
-            f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {r['method']} | "
+            f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {method} | "
             f"{_pct(r['test_top1'])} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
             f"{'yes' if r['meets_budget'] else 'no'} | {r['speedup_measured']:.2f}x | "
             f"{r['macs'] / 1e6:.2f}M | {r['macs_ratio']:.2f}x | "
@@ -236,6 +270,8 @@ COLORS = {
     "uniform": "tab:green",
     "magnitude": "tab:orange",
     "magnitude-rounded": "tab:brown",
+    "knapsack": "tab:cyan",
+    "knapsack-width": "tab:olive",
 }
 MARKERS = ("o", "s", "^", "D", "v")
 
@@ -245,6 +281,8 @@ def plot_accuracy_vs_latency(res: Mapping[str, Any]) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 5))
     fractions = [b["fraction"] for b in res["budgets"]]
     for r in res["rows"]:
+        if r.get("p50_ms") is None:
+            continue  # refused: no model
         marker = MARKERS[fractions.index(r["budget_fraction"]) % len(MARKERS)]
         ax.scatter(
             r["p50_ms"],
@@ -316,6 +354,9 @@ def summary_table(res: dict[str, Any]) -> Table:
         "1.00x",
     )
     for r in res["rows"]:
+        if r.get("refused"):
+            t.add_row(f"{100 * r['budget_fraction']:.0f}%", r["method"], "refused", "", "no")
+            continue
         t.add_row(
             f"{100 * r['budget_fraction']:.0f}%",
             r["method"],

@@ -18,7 +18,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "bench_cifar10.py"
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-METHODS = {"edgeprune", "knapsack", "rl-flops", "uniform", "magnitude", "magnitude-rounded"}
+METHODS = {
+    "edgeprune",
+    "knapsack",
+    "knapsack-width",
+    "rl-flops",
+    "uniform",
+    "magnitude",
+    "magnitude-rounded",
+}
 BUDGETS = {0.5, 0.35}
 
 
