@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from peer_methods import refused_floor_ms  # noqa: E402
-from peer_results import refused_row, render_markdown, winners  # noqa: E402
+from peer_methods import refused_floor_ms
+from peer_results import refused_row, render_markdown, winners
 
 MESSAGE = (
     "the budget 0.190 ms is below the fastest this model gets on cpu-ort-1t: 0.231 ms "
