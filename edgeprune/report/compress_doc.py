@@ -230,6 +230,51 @@ def _channels(r: dict[str, Any], figures: Container[str]) -> list[Block]:
     return out
 
 
+def _depth(r: dict[str, Any]) -> list[Block]:
+    d = r.get("depth")
+    if not d or not d.get("blocks"):
+        return []
+    dropped = d.get("dropped") or []
+    start = d.get("start_latency_ms")
+    summary = (
+        f"{len(dropped)} of {len(d['blocks'])} droppable residual blocks replaced by their "
+        f"shortcut before the channel search"
+        + (f" ({fmt.ms(start)} ms measured without them)" if start is not None else "")
+        + "; the channel table refers to the model without them. Each block count was "
+        "completed by the channel knapsack at the budget and scored by proxy accuracy "
+        "(before recovery); the best was kept."
+    )
+    stages = tuple(
+        (
+            st["stage"] or "(top)",
+            str(len(st["kept"])),
+            str(len(st["dropped"])),
+            ", ".join(st["dropped"]) or "-",
+        )
+        for st in d.get("stages", [])
+    )
+    options = tuple(
+        (
+            str(o["blocks"]),
+            fmt.ms(o.get("floor_ms")),
+            "yes" if o.get("reachable") else "no",
+            fmt.ms(o.get("predicted_ms")),
+            fmt.pct(o.get("proxy_accuracy")),
+        )
+        for o in d.get("options", [])
+    )
+    return [
+        Heading("Blocks (depth pruning)"),
+        Para(summary),
+        Table(("stage", "kept", "dropped", "dropped blocks"), stages, align="lrrl"),
+        Table(
+            ("blocks dropped", "floor ms", "reaches budget", "plan ms (LUT)", "proxy acc."),
+            options,
+            align="rrlrr",
+        ),
+    ]
+
+
 def _export(r: dict[str, Any]) -> list[Block]:
     exp = r.get("export") or {}
     if not exp:
@@ -306,7 +351,7 @@ def build(r: dict[str, Any], figures: Container[str]) -> Document:
                 "iteration of the exported baseline and final ONNX models.",
             )
         )
-    blocks += _search(r, figures) + _channels(r, figures) + _export(r)
+    blocks += _search(r, figures) + _depth(r) + _channels(r, figures) + _export(r)
     settings = r["final"]["latency"][prof].get("settings") or {}
     blocks += [
         Heading("Environment"),
