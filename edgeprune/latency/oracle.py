@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,15 @@ from edgeprune._io import append_jsonl, sha256_file
 from edgeprune.errors import OnnxModelError
 from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
 from edgeprune.targets.base import LatencyStats, Prepared, Target, require_available, target_for
-from edgeprune.targets.timing import block_settings, cpu_model, package_version, warmup_settings
+from edgeprune.targets.stats import block_ratio
+from edgeprune.targets.timing import (
+    block_settings,
+    cpu_model,
+    load_avg_1m,
+    package_version,
+    pinned,
+    warmup_settings,
+)
 
 CACHE_VERSION = 1
 _SIG_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
@@ -267,10 +274,46 @@ class LatencyOracle:
             return LatencyStats.from_dict(row["stats"])
         self.misses += 1
         path = self.onnx_for(model_or_path, sig)
-        with self._prepared(path) as prepared:
-            stats = self.target.measure(prepared, None, self.settings)
+        with self._prepared(path) as prepared, pinned(self.settings.pin_core) as pin:
+            stats = self._settled_blocks(prepared, {**pin, "load_1m_before": load_avg_1m()})
         self._store(key, {"kind": "abs", "signature": sig, "stats": stats.to_dict()})
         return stats
+
+    def _settled_blocks(self, prepared: Prepared, notes: dict[str, Any]) -> LatencyStats:
+        """Warm up, keep warming up until two consecutive blocks agree, then time blocks.
+
+        The start measurement sets the budget, so it waits out a host that is still
+        settling (clocks, caches, another process finishing): warm-up blocks are timed until
+        two consecutive medians agree within ``settle_tolerance`` (at most
+        ``settle_max_blocks``), then ``blocks`` blocks are measured. What was done is in the
+        result's settings.
+        """
+        s = self.settings
+        per_block = block_settings(s, s.blocks)
+        self.target.measure(prepared, None, warmup_settings(s))
+        settle: list[float] = []
+        while len(settle) < s.settle_max_blocks:
+            settle.append(self.target.measure(prepared, None, per_block).median_ms)
+            if len(settle) >= 2 and abs(settle[-1] / settle[-2] - 1) <= s.settle_tolerance:
+                break
+        runs = [self.target.measure(prepared, None, per_block) for _ in range(s.blocks)]
+        stats = runs[0]
+        for r in runs[1:]:
+            stats = stats.merged(r)
+        if len(runs) == 1:
+            stats = LatencyStats(stats.times_ms, stats.settings, stats.metric, (stats.count,))
+        settled = len(settle) >= 2 and abs(settle[-1] / settle[-2] - 1) <= s.settle_tolerance
+        notes = {
+            **notes,
+            "settle_blocks": len(settle),
+            "settled": settled or s.settle_max_blocks == 0,
+            "settle_medians_ms": settle,
+            "load_1m_after": load_avg_1m(),
+            "statistic": s.statistic,
+        }
+        return LatencyStats(
+            stats.times_ms, {**stats.settings, **notes}, stats.metric, stats.block_sizes
+        )
 
     def measure_vs_baseline(
         self,
@@ -296,8 +339,10 @@ class LatencyOracle:
             A :class:`BaselineComparison`, which also unpacks as ``(cand, base, ratio)``.
         """
         n_blocks = blocks or self.settings.blocks
+        stat = self.settings.statistic
         cand_sig, base_sig = self.signature(model), self.signature(baseline_model)
-        key = self._key(f"ratio{n_blocks}", cand_sig, base_sig)
+        kind = f"ratio{n_blocks}" if stat == "p50" else f"ratio{n_blocks}-{stat}"
+        key = self._key(kind, cand_sig, base_sig)
         row = self._cache.get(key)
         if row is not None:
             self.hits += 1
@@ -313,13 +358,19 @@ class LatencyOracle:
         per_block = block_settings(self.settings, n_blocks)
         cand_runs: list[LatencyStats] = []
         base_runs: list[LatencyStats] = []
-        with self._prepared(cand_path) as cand, self._prepared(base_path) as base:
+        load = load_avg_1m()
+        with (
+            self._prepared(cand_path) as cand,
+            self._prepared(base_path) as base,
+            pinned(self.settings.pin_core) as pin,
+        ):
             for prepared in (cand, base):
                 self.target.measure(prepared, None, warmup_settings(self.settings))
             for _ in range(n_blocks):
                 cand_runs.append(self.target.measure(cand, None, per_block))
                 base_runs.append(self.target.measure(base, None, per_block))
-        result = compare_blocks(cand_runs, base_runs)
+        notes = {**pin, "load_1m_before": load, "load_1m_after": load_avg_1m()}
+        result = compare_blocks(cand_runs, base_runs, stat, notes)
         self._store(
             key,
             {
@@ -336,16 +387,31 @@ class LatencyOracle:
 
 
 def compare_blocks(
-    cand_runs: list[LatencyStats], base_runs: list[LatencyStats]
+    cand_runs: list[LatencyStats],
+    base_runs: list[LatencyStats],
+    statistic: str = "p50",
+    notes: dict[str, Any] | None = None,
 ) -> BaselineComparison:
-    """Merge interleaved blocks and take the median of the per-block median ratios."""
+    """Merge interleaved blocks; the ratio is the statistic's block ratio
+    (:func:`edgeprune.targets.stats.block_ratio`: for ``p50``, the median of the per-block
+    median ratios)."""
     if not cand_runs or len(cand_runs) != len(base_runs):
         raise ValueError("need the same, non-zero number of candidate and baseline blocks")
-    ratios = tuple(c.median_ms / b.median_ms for c, b in zip(cand_runs, base_runs, strict=True))
-    cand, base = cand_runs[0], base_runs[0]
-    for c, b in zip(cand_runs[1:], base_runs[1:], strict=True):
-        cand, base = cand.merged(c), base.merged(b)
-    return BaselineComparison(cand, base, float(statistics.median(ratios)), ratios)
+    stats = []
+    for runs in (cand_runs, base_runs):
+        merged = runs[0]
+        for r in runs[1:]:
+            merged = merged.merged(r)
+        sizes = tuple(r.count for r in runs)
+        extra = {**(notes or {}), "statistic": statistic}
+        stats.append(LatencyStats(merged.times_ms, {**merged.settings, **extra}, merged.metric,
+                                  sizes))  # fmt: skip
+    per_block = tuple(
+        block_ratio([c.times_ms], [b.times_ms], statistic)
+        for c, b in zip(cand_runs, base_runs, strict=True)
+    )
+    ratio = block_ratio([c.times_ms for c in cand_runs], [b.times_ms for b in base_runs], statistic)
+    return BaselineComparison(stats[0], stats[1], float(ratio), per_block)
 
 
 def default_cache_dir() -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,22 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
     if not enabled:
         yield lambda: None
         return
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        # Live bars draw nothing into a file (CI logs, nohup): one plain line per block.
+        done = [0]
+        start = time.perf_counter()
+
+        def line() -> None:
+            done[0] += 1
+            console.print(
+                f"benchmark: {done[0]}/{total} measurements, {time.perf_counter() - start:.0f} s",
+                soft_wrap=True,
+            )
+
+        yield line
+        return
+    with Progress(console=console, transient=True) as bar:
         task = bar.add_task("benchmark", total=total)
         yield lambda: bar.advance(task)
 
@@ -166,6 +182,7 @@ def _measure_profile(
             merged.times_ms,
             {**merged.settings, "blocks": blocks, "interleaved_models": n},
             merged.metric,
+            merged.block_sizes,
         )
         if first_p50 is None:
             first_p50 = latency.p50_ms

@@ -29,6 +29,25 @@ class MeasurementSettings(_Strict):
     percentiles: tuple[float, ...] = Field(
         (50.0, 90.0, 95.0, 99.0), description="Percentiles reported (nearest rank)."
     )
+    statistic: Literal["p50", "mean", "p10", "min", "min_block_median", "trimmed_median"] = Field(
+        "p50",
+        description="The figure the search and the budget check act on (see "
+        "edgeprune/targets/stats.py; chosen by bench/bench_latency_stat.py).",
+    )
+    pin_core: bool = Field(
+        False, description="Pin the measuring thread to one core while it measures (Linux)."
+    )
+    settle_tolerance: float = Field(
+        0.03,
+        gt=0,
+        lt=1,
+        description="The start measurement warms up until two consecutive blocks' medians "
+        "agree within this fraction.",
+    )
+    settle_max_blocks: int = Field(12, ge=0, description="Most warm-up blocks spent settling.")
+    cov_warning: float = Field(
+        0.15, gt=0, description="Warn when a measurement's coefficient of variation exceeds it."
+    )
 
     @field_validator("percentiles")
     @classmethod

@@ -41,10 +41,13 @@ class LatencyStats:
     times_ms: tuple[float, ...]
     settings: Mapping[str, Any] = field(default_factory=dict)
     metric: str = "Latency"
+    block_sizes: tuple[int, ...] = ()  # iterations per interleaved block; () = one block
 
     def __post_init__(self) -> None:
         if not self.times_ms:
             raise ValueError("LatencyStats needs at least one time")
+        if self.block_sizes and sum(self.block_sizes) != len(self.times_ms):
+            raise ValueError("block_sizes must add up to the number of times")
 
     @classmethod
     def from_times(
@@ -54,7 +57,22 @@ class LatencyStats:
 
     def merged(self, other: LatencyStats) -> LatencyStats:
         """Times of both (interleaved blocks of the same model), settings of ``self``."""
-        return LatencyStats(self.times_ms + other.times_ms, self.settings, self.metric)
+        sizes = (self.block_sizes or (self.count,)) + (other.block_sizes or (other.count,))
+        return LatencyStats(self.times_ms + other.times_ms, self.settings, self.metric, sizes)
+
+    def blocks(self) -> list[tuple[float, ...]]:
+        """The times split into their interleaved blocks (one block when unknown)."""
+        out, i = [], 0
+        for n in self.block_sizes or (self.count,):
+            out.append(self.times_ms[i : i + n])
+            i += n
+        return out
+
+    def figure(self, statistic: str) -> float:
+        """The figure decisions use (:mod:`edgeprune.targets.stats`, e.g. ``p50``)."""
+        from edgeprune.targets.stats import statistic_ms
+
+        return statistic_ms(self.blocks(), statistic)
 
     @property
     def count(self) -> int:
@@ -124,7 +142,11 @@ class LatencyStats:
 
     def to_dict(self) -> dict[str, Any]:
         """Summary plus raw times (for plots and re-analysis)."""
-        return {**self.summary(), "times_ms": list(self.times_ms)}
+        return {
+            **self.summary(),
+            "times_ms": list(self.times_ms),
+            "block_sizes": list(self.block_sizes),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LatencyStats:
@@ -132,6 +154,7 @@ class LatencyStats:
             tuple(float(t) for t in d["times_ms"]),
             dict(d.get("settings", {})),
             d.get("metric", "Latency"),
+            tuple(int(n) for n in d.get("block_sizes", ())),
         )
 
 

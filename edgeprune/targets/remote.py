@@ -171,7 +171,7 @@ class AgentPool:
                 self._release(client)
             self._local.url = client.url
             merged = {**stats.settings, "agent_url": client.url, "agent": meta}
-            return LatencyStats(stats.times_ms, merged, stats.metric)
+            return LatencyStats(stats.times_ms, merged, stats.metric, stats.block_sizes)
 
 
 _POOLS: dict[tuple[Any, ...], AgentPool] = {}

@@ -7,6 +7,7 @@ minimum count and a minimum duration are met, capped by ``max_iters``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import math
@@ -14,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,40 @@ def block_settings(settings: MeasurementSettings, blocks: int) -> MeasurementSet
 def warmup_settings(settings: MeasurementSettings) -> MeasurementSettings:
     """The profile's warm-up followed by a single timed iteration (to be discarded)."""
     return settings.model_copy(update={"min_iters": 1, "min_duration_ms": 0.0, "max_iters": 1})
+
+
+def load_avg_1m() -> float | None:
+    """The host's 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def pinned(enabled: bool) -> Iterator[dict[str, Any]]:
+    """Pin this thread to one core while measuring (Linux), restoring the mask afterwards.
+
+    Yields what was done, for the measurement's settings: ``{"pinned_core": n}``, or
+    ``{"pinned_core": None, "pin": reason}`` when pinning was off or not possible. The core
+    is the last one allowed: the scheduler tends to put other work on the first.
+    """
+    if not enabled:
+        yield {"pinned_core": None, "pin": "off"}
+        return
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    if getter is None or setter is None:
+        yield {"pinned_core": None, "pin": "not supported by this OS"}
+        return
+    before = getter(0)
+    core = max(before)
+    try:
+        setter(0, {core})
+    except OSError as exc:
+        yield {"pinned_core": None, "pin": f"refused: {exc}"}
+        return
+    try:
+        yield {"pinned_core": core}
+    finally:
+        setter(0, before)

@@ -98,7 +98,8 @@ def _goal(ctx: RunContext, baseline_ms: float) -> Goal:
 
 def _initial_state(ctx: RunContext) -> SearchState:
     stats = ctx.oracle.measure(ctx.base)
-    baseline_ms = stats.p50_ms
+    # The profile's decision statistic (p50 unless measured otherwise) sets the budget.
+    baseline_ms = stats.figure(ctx.profile.measurement.statistic)
     goal = _goal(ctx, baseline_ms)
     base_keep = {g.id: g.width for g in ctx.base_groups.prunable}
     ctx.cost.calibration.add(ctx.cost.raw(base_keep), goal.start)
