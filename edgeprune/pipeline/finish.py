@@ -78,6 +78,8 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
     _render(ctx)
     ctx.run.save_checkpoint(st.replace(phase="done").to_dict(), model.state_dict())
     ctx.console.print(compress_table(report))
+    for w in report["warnings"]:
+        ctx.console.print(f"[bold yellow]warning:[/] {w}", soft_wrap=True)
     if st.stop_reason != "goal met":
         ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st.stop_reason}")
     ctx.console.print(f"report: {ctx.run.root / 'report.html'}", soft_wrap=True)
@@ -140,13 +142,17 @@ def _report(
 ) -> dict[str, Any]:
     macs, params = count_macs_params(model, ctx.example)
     base_stats, final_stats = cmp.baseline, cmp.candidate
+    scale = latency_scale(ctx, st, cmp)
+    k = scale["to_final"]
+    # One scale for every figure: the final interleaved measurement of the baseline and the
+    # final model. A speedup goal's budget moves with the baseline; an absolute budget is
+    # the user's number and stays.
     budget = st.budget_ms
-    # On a shared machine absolute figures drift; the interleaved ratio does not. A speedup
-    # goal is judged on the ratio; an absolute budget on the ratio applied to the baseline
-    # p50 measured at the start (the figure the budget was compared with during the search).
-    final_ms = st.baseline_ms * cmp.ratio
-    basis = "baseline p50 at start x interleaved final/baseline median ratio"
-    met = None if budget is None else final_ms <= budget
+    if budget is not None and ctx.config.goal.budget_ms is None:
+        budget = budget * k
+    final_ms = scale["final_ms"]
+    basis = scale["basis"]
+    met = None if budget is None else final_ms <= budget * (1 + 1e-9)
     lut = None
     if ctx.predictor is not None:
         samples = st.lut_samples
@@ -161,14 +167,13 @@ def _report(
             "note": "LUT prediction (calibrated on the measurements before it) vs the "
             "interleaved measurement of each step's kept model",
         }
-    candidates = [
-        {
-            k: r.get(k)
-            for k in ("step", "tag", "accuracy", "latency_ms", "latency_source", "macs", "reward")
-        }
-        for r in ctx.run.log_rows()
-        if "error" not in r
-    ]
+    keys = ("step", "tag", "accuracy", "latency_ms", "latency_source", "macs", "reward")
+    candidates = [{key: r.get(key) for key in keys} for r in ctx.run.log_rows() if "error" not in r]
+    for c in candidates:  # LUT predictions, calibrated on in-run measurements: rescaled
+        if c.get("latency_ms") is not None and st.goal_kind == "latency":
+            c["latency_ms"] = c["latency_ms"] * k
+            c["latency_source"] = f"{c.get('latency_source') or 'lut'} prediction, rescaled"
+    steps = [_step_on_final_scale(s.to_dict(), k, st.goal_kind) for s in st.steps]
     return {
         "version": REPORT_VERSION,
         "kind": "compress",
@@ -186,6 +191,7 @@ def _report(
         },
         "goal": {
             "budget_ms": budget,
+            "budget_ms_at_start": st.budget_ms,
             "speedup": ctx.config.goal.speedup,
             "sparsity": ctx.config.goal.sparsity,
             "flops_ratio": ctx.config.goal.flops_ratio,
@@ -210,7 +216,11 @@ def _report(
             "latency": {ctx.profile.name: final_stats.to_dict()},
         },
         "final_latency_ms": final_ms,
+        "latency_scale": scale,
+        "warnings": scale["warnings"],
         "speedup": {
+            "measured": scale["baseline_ms"] / final_ms,
+            "statistic": scale["statistic"],
             "measured_p50": base_stats.p50_ms / final_stats.p50_ms,
             "median_block_ratio": 1 / cmp.ratio,
             "macs_ratio": ctx.base_groups.macs / max(macs, 1),
@@ -221,7 +231,7 @@ def _report(
             "searcher": ctx.config.search.searcher,
             "channel_multiple": st.multiple,
             "goal_kind": st.goal_kind,
-            "steps": [s.to_dict() for s in st.steps],
+            "steps": steps,
             "redos": st.redos,
             "kd_epochs": {"steps": st.kd_epochs, "final": st.final_kd_epochs},
             "candidates": candidates,
@@ -242,6 +252,65 @@ def _report(
             "search_log": "search.jsonl",
         },
     }
+
+
+def latency_scale(ctx: RunContext, st: SearchState, cmp: Any) -> dict[str, Any]:
+    """The report's one latency scale, and warnings about the measurements behind it.
+
+    The basis is the final interleaved measurement: the profile's decision statistic of the
+    baseline and of the final model, measured side by side at the end. In-run figures (the
+    steps' measurements, the LUT's calibrated predictions) were taken on the scale of the
+    baseline measured at the start; ``to_final`` (baseline at the end / at the start) maps
+    them onto the basis.
+    """
+    m = ctx.profile.measurement
+    stat = m.statistic
+    base_end = cmp.baseline.figure(stat)
+    final_end = cmp.candidate.figure(stat)
+    k = base_end / st.baseline_ms
+    warnings = []
+    if abs(k - 1) > 0.05:
+        warnings.append(
+            f"the baseline's {stat} moved {100 * (k - 1):+.1f}% between the start "
+            f"({st.baseline_ms:.3f} ms) and the end ({base_end:.3f} ms) of the run: the host's "
+            "load changed; in-run figures are rescaled to the end measurement"
+        )
+    start_cov = st.baseline_stats.get("cov")
+    for label, cov in (
+        ("baseline at the start", start_cov),
+        ("baseline at the end", cmp.baseline.cov),
+        ("final model", cmp.candidate.cov),
+    ):
+        if cov is not None and cov > m.cov_warning:
+            warnings.append(
+                f"the {label} was measured with a CoV of {100 * cov:.0f}% (above "
+                f"{100 * m.cov_warning:.0f}%): the host was busy; decisions used the {stat}, "
+                "which tolerates stalls, but re-measure on a quiet host for figures to quote"
+            )
+    return {
+        "basis": f"final interleaved measurement, {stat} of each model",
+        "statistic": stat,
+        "baseline_ms": base_end,
+        "final_ms": final_end,
+        "baseline_ms_at_start": st.baseline_ms,
+        "to_final": k,
+        "load_1m": {
+            "start": st.baseline_stats.get("settings", {}).get("load_1m_before"),
+            "end": cmp.baseline.settings.get("load_1m_after"),
+        },
+        "warnings": warnings,
+    }
+
+
+def _step_on_final_scale(step: dict[str, Any], k: float, goal_kind: str) -> dict[str, Any]:
+    if goal_kind != "latency":
+        return step
+    out = dict(step)
+    for key in ("target", "predicted_ms", "latency_ms", "value"):
+        if out.get(key) is not None:
+            out[f"{key}_at_start_scale"] = out[key]
+            out[key] = out[key] * k
+    return out
 
 
 def _export_dict(info: Any) -> dict[str, Any]:

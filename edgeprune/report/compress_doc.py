@@ -23,33 +23,45 @@ def _pp(before: Any, after: Any) -> str:
     return f"{100 * (after - before):+.2f} pp"
 
 
+def _scale(r: dict[str, Any]) -> tuple[float, float, str]:
+    """Baseline and final latency on the report's one scale, and how it was measured."""
+    sc = r.get("latency_scale")
+    prof = r["profile"]["name"]
+    if sc:  # reports since the one-scale change
+        return sc["baseline_ms"], sc["final_ms"], sc["basis"]
+    return (
+        r["baseline"]["latency"][prof]["p50_ms"],
+        r["final"]["latency"][prof]["p50_ms"],
+        "p50 measured at the end",
+    )
+
+
 def _goal_text(r: dict[str, Any]) -> str:
     goal, prof = r["goal"], r["profile"]["name"]
-    final_p50 = r["final"]["latency"][prof]["p50_ms"]
+    base_ms, final_ms, basis = _scale(r)
     budget = goal.get("budget_ms")
     if budget is not None:
         met = "met" if goal.get("budget_met") else "NOT met"
-        judged = r.get("final_latency_ms")
-        if judged is None:
-            head = (
-                f"Latency budget {fmt.ms(budget)} ms on {prof}: {met} "
-                f"(final p50 {fmt.ms(final_p50)} ms)."
-            )
-        else:  # judged on a drift-corrected figure; say which, and show the raw p50 too
-            head = (
-                f"Latency budget {fmt.ms(budget)} ms on {prof}: {met}, final latency "
-                f"{fmt.ms(judged)} ms ({goal.get('latency_basis') or 'as measured'}; p50 "
-                f"measured at the end {fmt.ms(final_p50)} ms)."
-            )
+        head = (
+            f"Latency budget {fmt.ms(budget)} ms on {prof}: {met}, final latency "
+            f"{fmt.ms(final_ms)} ms, baseline {fmt.ms(base_ms)} ms (every latency in this "
+            f"report is on one scale: the {basis}; in-run figures are rescaled to it)."
+        )
     else:
         which = [f"{k} {goal[k]}" for k in ("sparsity", "flops_ratio") if goal.get(k)]
-        head = f"Goal: {', '.join(which) or 'see configuration'}; final p50 {fmt.ms(final_p50)} ms."
+        head = (
+            f"Goal: {', '.join(which) or 'see configuration'}; final latency "
+            f"{fmt.ms(final_ms)} ms ({basis})."
+        )
     sp = r["speedup"]
-    return (
-        f"{head} Measured speedup {fmt.speedup(sp['measured_p50'])} (p50 ratio) for "
+    text = (
+        f"{head} Measured speedup {fmt.speedup(sp.get('measured', sp['measured_p50']))} for "
         f"{fmt.speedup(sp.get('macs_ratio'))} fewer MACs. Search stopped: "
         f"{goal.get('stop_reason') or '-'} after {len(r['search']['steps'])} prune steps."
     )
+    for w in r.get("warnings") or ():
+        text += f" WARNING: {w}."
+    return text
 
 
 def _results(r: dict[str, Any]) -> Table:
@@ -94,7 +106,14 @@ def _results(r: dict[str, Any]) -> Table:
 
 def _speedup(r: dict[str, Any]) -> Table:
     sp = r["speedup"]
+    stat = sp.get("statistic", "p50")
     rows = (
+        (
+            f"measured ({stat})",
+            fmt.speedup(sp.get("measured", sp["measured_p50"])),
+            f"baseline / pruned {stat} in the final interleaved measurement (the report's "
+            "scale; decisions used this statistic)",
+        ),
         (
             "measured p50 ratio",
             fmt.speedup(sp["measured_p50"]),
@@ -132,13 +151,20 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
             "is measured and re-planned until it lands (measured plans). Candidate accuracy is "
             "the validation proxy (after BatchNorm re-estimation, before fine-tuning); the "
             "test split was not used."
+            + (
+                f" Step latencies (targets, LUT predictions, measurements) were taken on the "
+                f"scale of the baseline measured at the start and are shown x"
+                f"{r['latency_scale']['to_final']:.3f} on the report's scale."
+                if r.get("latency_scale") and s.get("goal_kind", "latency") == "latency"
+                else ""
+            )
         ),
     ]
     if "latency_per_step" in figures:
         out.append(
             Figure(
                 "latency_per_step",
-                "Measured p50 latency of the model kept at each "
+                "Measured latency of the model kept at each "
                 "step (interleaved with the baseline) and the LUT's prediction for "
                 "it, against the budget; accuracy below.",
             )
@@ -330,9 +356,9 @@ def build(r: dict[str, Any], figures: Container[str]) -> Document:
             Figure(
                 "accuracy_vs_latency",
                 "Validation accuracy vs latency of every "
-                "evaluated candidate (latency LUT-predicted unless measured), the "
-                "Pareto front, the budget, and the measured baseline and final "
-                "models (after fine-tuning).",
+                "evaluated candidate (LUT predictions, rescaled to the final measurement), "
+                "the Pareto front, the budget, and the baseline and final models as measured "
+                "at the end (after fine-tuning): one latency scale.",
             )
         )
     series = [

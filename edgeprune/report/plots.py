@@ -73,7 +73,9 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
         return None
     prof = report["profile"]["name"]
     sources = {c.get("latency_source") or "measured" for c in cands}
-    src = "LUT-predicted" if sources == {"lut"} else "predicted or measured"
+    src = "LUT-predicted" if all(x.startswith("lut") for x in sources) else "predicted or measured"
+    if "latency_scale" in report:
+        src += ", rescaled to the end measurement"
     fig, ax = plt.subplots(figsize=(8, 5))
     sc = ax.scatter(
         [c["latency_ms"] for c in cands],
@@ -95,23 +97,26 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
         linewidth=1.2,
         label=f"Pareto front ({len(front)})",
     )
+    scale = report.get("latency_scale") or {}
+    stat = scale.get("statistic", "p50")
     for side, marker, color in (("baseline", "*", "tab:blue"), ("final", "P", "tab:red")):
         acc = report[side]["accuracy"].get("val")
         if acc is not None:
+            x = scale.get(f"{side}_ms", report[side]["latency"][prof]["p50_ms"])
             ax.scatter(
-                [report[side]["latency"][prof]["p50_ms"]],
+                [x],
                 [100 * acc],
                 marker=marker,
                 s=180,
                 color=color,
                 edgecolor="black",
                 zorder=5,
-                label=f"{side} (measured p50, val acc.)",
+                label=f"{side} ({x:.3f} ms measured at the end, {stat}; val acc.)",
             )
     budget = report["goal"].get("budget_ms")
     if budget is not None:
         ax.axvline(budget, label=f"budget {budget:.3f} ms", **BUDGET_STYLE)
-    ax.set_xlabel(f"latency on {prof} (ms)")
+    ax.set_xlabel(f"latency on {prof} (ms, one scale: the final interleaved measurement)")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("Accuracy vs latency of every evaluated candidate")
     ax.grid(alpha=0.3)
@@ -126,14 +131,19 @@ def latency_per_step(report: dict[str, Any]) -> bytes | None:
     if not steps:
         return None
     prof = report["profile"]["name"]
-    start = report["baseline"].get("latency_at_start") or report["baseline"]["latency"][prof]
+    scale = report.get("latency_scale")
+    if scale:
+        start_ms = scale["baseline_ms"]
+    else:
+        start = report["baseline"].get("latency_at_start") or report["baseline"]["latency"][prof]
+        start_ms = start["p50_ms"]
     xs = [0] + [s["step"] for s in steps]
     fig, (ax, ax2) = plt.subplots(
         2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
     )
     ax.plot(
         xs,
-        [start["p50_ms"]] + [s["latency_ms"] for s in steps],
+        [start_ms] + [s["latency_ms"] for s in steps],
         marker="o",
         label="measured (interleaved with baseline)",
     )
@@ -143,7 +153,8 @@ def latency_per_step(report: dict[str, Any]) -> bytes | None:
     budget = report["goal"].get("budget_ms")
     if budget is not None:
         ax.axhline(budget, label=f"budget {budget:.3f} ms", **BUDGET_STYLE)
-    ax.set_ylabel(f"p50 latency on {prof} (ms)")
+    unit = "final measurement's scale" if scale else "p50"
+    ax.set_ylabel(f"latency on {prof} (ms, {unit})")
     ax.set_title("Latency per prune step (step 0 = baseline)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

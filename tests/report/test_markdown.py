@@ -29,10 +29,11 @@ def test_headline_numbers_and_rounding(md: str) -> None:
     # MACs 41,218,698 -> 13,456,789; budget 0.2184 ms.
     assert md.startswith("# edgeprune compress: resnet20 on cpu-ort-1t\n")
     assert (
-        "Latency budget 0.218 ms on cpu-ort-1t: met, final latency 0.207 ms (baseline p50 at "
-        "start x interleaved final/baseline median ratio; p50 measured at the end 0.204 ms)."
+        "Latency budget 0.218 ms on cpu-ort-1t: met, final latency 0.204 ms, baseline 0.438 ms "
+        "(every latency in this report is on one scale: the final interleaved measurement, p50 "
+        "of each model; in-run figures are rescaled to it)."
     ) in md
-    assert "Measured speedup 2.14x (p50 ratio) for 3.06x fewer MACs." in md
+    assert "Measured speedup 2.14x for 3.06x fewer MACs." in md
     assert "Search stopped: goal met after 3 prune steps." in md
     for row in (
         "| p50 latency (ms) | 0.438 | 0.204 | 2.14x faster |",
@@ -44,6 +45,7 @@ def test_headline_numbers_and_rounding(md: str) -> None:
         "| MACs | 41.22M | 13.46M | 3.06x fewer |",
         "| params | 0.272M | 0.090M | 3.02x fewer |",
         "| ONNX file | 1.07 MiB | 371.6 KiB | 2.94x smaller |",
+        "| measured (p50) | 2.14x |",
         "| measured p50 ratio | 2.14x |",
         "| median block ratio | 2.12x |",
         "| MACs ratio | 3.06x |",
@@ -106,7 +108,10 @@ def test_optional_parts_missing(edited) -> None:  # type: ignore[no-untyped-def]
 
     d = edited("report.json", sparsity_goal_no_search)
     md = render_run(d)["report.md"].read_text(encoding="utf-8")  # with plots: none to draw
-    assert "Goal: sparsity 0.5; final p50 0.204 ms." in md
+    assert (
+        "Goal: sparsity 0.5; final latency 0.204 ms (final interleaved measurement, p50 of each model)."
+        in md
+    )
     assert "| test top-1 | - | - | - |" in md
     assert "accuracy_vs_latency.png" not in md and "latency_per_step.png" not in md
     assert "latency_distribution.png" in md
