@@ -109,8 +109,8 @@ def test_optional_parts_missing(edited) -> None:  # type: ignore[no-untyped-def]
     d = edited("report.json", sparsity_goal_no_search)
     md = render_run(d)["report.md"].read_text(encoding="utf-8")  # with plots: none to draw
     assert (
-        "Goal: sparsity 0.5; final latency 0.204 ms (final interleaved measurement, p50 of each model)."
-        in md
+        "Goal: sparsity 0.5; final latency 0.204 ms (final interleaved measurement, p50 of "
+        "each model)." in md
     )
     assert "| test top-1 | - | - | - |" in md
     assert "accuracy_vs_latency.png" not in md and "latency_per_step.png" not in md
