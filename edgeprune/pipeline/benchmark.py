@@ -26,6 +26,7 @@ from edgeprune.errors import TargetUnavailableError
 from edgeprune.profiles.schema import DeviceProfile
 from edgeprune.report.terminal import benchmark_table
 from edgeprune.targets.base import LatencyStats, Prepared, Target, target_for
+from edgeprune.targets.stats import block_ratio
 from edgeprune.targets.timing import block_settings, host_info, random_input, warmup_settings
 
 RESULT_VERSION = 1
@@ -46,6 +47,10 @@ class BenchmarkEntry:
         speedup_vs_first: p50 of the first model on this profile / p50 of this one.
         block_counts: Iterations timed in each block, in round order.
         block_positions: This model's position in each round (shows the rotation).
+        statistic: The profile's decision statistic (``measurement.statistic``).
+        figure_ms: This model's latency by that statistic.
+        speedup_by_statistic: The first model / this one by that statistic, from the blocks
+            measured side by side in each round (the figure decisions use).
     """
 
     model: str
@@ -57,6 +62,9 @@ class BenchmarkEntry:
     speedup_vs_first: float
     block_counts: tuple[int, ...]
     block_positions: tuple[int, ...]
+    statistic: str = "p50"
+    figure_ms: float | None = None
+    speedup_by_statistic: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -70,6 +78,9 @@ class BenchmarkEntry:
             "speedup_vs_first": self.speedup_vs_first,
             "block_counts": list(self.block_counts),
             "block_positions": list(self.block_positions),
+            "statistic": self.statistic,
+            "figure_ms": self.figure_ms,
+            "speedup_by_statistic": self.speedup_by_statistic,
         }
 
 
@@ -186,6 +197,9 @@ def _measure_profile(
         )
         if first_p50 is None:
             first_p50 = latency.p50_ms
+        stat = profile.measurement.statistic
+        first = stats[0]
+        assert first is not None
         entries.append(
             BenchmarkEntry(
                 model=names[i],
@@ -197,6 +211,9 @@ def _measure_profile(
                 speedup_vs_first=first_p50 / latency.p50_ms,
                 block_counts=tuple(counts[i]),
                 block_positions=tuple(positions[i]),
+                statistic=stat,
+                figure_ms=latency.figure(stat),
+                speedup_by_statistic=1.0 / block_ratio(latency.blocks(), first.blocks(), stat),
             )
         )
     return entries

@@ -14,11 +14,15 @@ def benchmark_table(report: dict[str, Any]) -> Table:
     """Model, profile, p50/p90/p99 (ms), CoV (yellow above 2.5 %), speedup vs the first."""
     host = report.get("host") or {}
     table = Table(title=f"Latency on {host.get('cpu_model', 'this host')}")
-    for col in ("model", "profile", "p50 ms", "p90 ms", "p99 ms", "CoV", "speedup"):
+    cols = ("model", "profile", "p50 ms", "p90 ms", "p99 ms", "CoV", "speedup (p50)",
+            "decision ms", "speedup (decision)")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="left" if col in ("model", "profile") else "right")
     for e in report["entries"]:
         lat = e["latency"]
         cov = f"{lat['cov']:.1%}"
+        stat = e.get("statistic", "p50")
+        fig, sp = e.get("figure_ms"), e.get("speedup_by_statistic")
         table.add_row(
             e["model"],
             e["profile"],
@@ -27,6 +31,8 @@ def benchmark_table(report: dict[str, Any]) -> Table:
             f"{lat['p99_ms']:.3f}",
             f"[yellow]{cov}[/]" if lat["cov"] > COV_WARN else cov,
             f"{e['speedup_vs_first']:.2f}x",
+            "-" if fig is None else f"{fig:.3f} ({stat})",
+            "-" if sp is None else f"{sp:.2f}x",
         )
     return table
 
