@@ -144,3 +144,44 @@ def test_compress_bad_set_says_what_to_write(item, match):
 
     with pytest.raises(EdgepruneError, match=match):
         _compress_config(["--set", item])
+
+
+def test_train_into_a_file_prints_a_line_per_epoch(tmp_path):
+    """With stdout and stderr redirected (CI, nohup) the live bar draws nothing: plain lines."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as fh:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgeprune.cli", "train", "--model",
+             "edgeprune.models.testing:TinyConvNet", "--data", "digits", "--epochs", "2",
+             "--out", str(tmp_path / "w.pt")],
+            stdout=fh, stderr=subprocess.STDOUT, timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "epoch 1/2 loss" in text and "epoch 2/2 loss" in text, text[-2000:]
+
+
+def test_compress_below_the_depth_floor_exits_2_in_seconds(tmp_path):
+    """A budget nothing can reach is refused before the model is touched: exit 2, one line."""
+    import subprocess
+    import sys
+
+    weights = tmp_path / "w.pt"
+    import torch
+
+    from edgeprune.models import load_model
+
+    torch.save(load_model("resnet20", 10).state_dict(), weights)
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeprune.cli", "compress", "--model", "resnet20", "--weights",
+         str(weights), "--data", "digits", "--budget-ms", "0.0001", "--out", str(run),
+         "--set", "search.use_lut=false", "--set", "data.limit=300"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "droppable residual blocks" in proc.stderr and "Options:" in proc.stderr
+    assert not (run / "checkpoint" / "state.json").exists()
