@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         "--ignore-layer", action="append", default=None, help="never prune this layer (repeatable)"
     )
     p.add_argument(
+        "--allow-foreign-profile",
+        action="store_true",
+        help="search against a profile that describes another CPU architecture, measured here",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=None,

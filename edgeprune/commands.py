@@ -18,7 +18,7 @@ out = Console()
 
 
 def run_profiles(args: argparse.Namespace) -> int:
-    from edgeprune.profiles import list_profiles, load_profile
+    from edgeprune.profiles import list_profiles, load_profile, represents_this_host
     from edgeprune.targets.base import target_for
 
     if args.action == "show":
@@ -41,10 +41,16 @@ def run_profiles(args: argparse.Namespace) -> int:
             ok, reason = check(p) if callable(check) else target.available()
         except EdgepruneError as exc:
             ok, reason = False, str(exc)
+        here = "yes" if ok else "no"
         if not ok:
             notes.append(f"{p.name}: unavailable here: {reason}")
+        else:
+            fits, why = represents_this_host(p)
+            if not fits:
+                here = "runs, not that device"
+                notes.append(f"{p.name}: {why}")
         shape = "x".join(map(str, p.input_shape))
-        row = (p.runtime, p.precision, str(p.batch), shape, "yes" if ok else "no")
+        row = (p.runtime, p.precision, str(p.batch), shape, here)
         table.add_row(p.name, *row)
     out.print(table)
     for note in notes:
@@ -125,9 +131,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_benchmark(args: argparse.Namespace) -> int:
     from edgeprune.pipeline.benchmark import benchmark, render_table
-    from edgeprune.profiles import DEFAULT_PROFILE, load_profile
+    from edgeprune.profiles import DEFAULT_PROFILE, load_profile, represents_this_host
 
     profiles = [load_profile(p) for p in (args.profile or [DEFAULT_PROFILE])]
+    for prof in profiles:
+        fits, why = represents_this_host(prof)
+        if not fits:
+            console.print(f"[bold yellow]warning:[/] {why}", soft_wrap=True)
     if args.blocks is not None and args.blocks < 1:
         raise EdgepruneError(f"--blocks must be at least 1, got {args.blocks}")
     result = benchmark(args.onnx, profiles, out_dir=args.out, blocks=args.blocks)
@@ -208,6 +218,8 @@ def compress_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             search[key] = val
     if args.kd_epochs is not None:
         raw["finetune"]["total_epochs"] = args.kd_epochs
+    if getattr(args, "allow_foreign_profile", False):
+        raw["allow_foreign_profile"] = True
     if args.seed is not None:
         raw["seed"] = args.seed
     for item in args.set or ():

@@ -153,6 +153,11 @@ class RunConfig(_Section):
     threads: int = Field(
         1, ge=1, description="torch threads (1: two threads ran ~10x slower on a busy 2-core box)"
     )
+    allow_foreign_profile: bool = Field(
+        False,
+        description="search against a profile whose host_arch is not this machine's (its "
+        "measurements would not represent that device)",
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -37,7 +37,7 @@ from edgeprune.pipeline.search.cost import (
 )
 from edgeprune.pipeline.search.driver import search
 from edgeprune.pipeline.train import train
-from edgeprune.profiles import load_profile
+from edgeprune.profiles import load_profile, represents_this_host
 from edgeprune.targets.base import require_available, target_for
 
 
@@ -81,6 +81,13 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
         )
     profile = load_profile(config.profile)
     require_available(target_for(profile), profile)
+    fits, why = represents_this_host(profile)
+    if not fits and not config.allow_foreign_profile:
+        raise SearchError(
+            f"{why}; or pass --allow-foreign-profile to search against this host anyway"
+        )
+    if not fits:
+        console.print(f"[bold yellow]warning:[/] {why}", soft_wrap=True)
     if tuple(profile.input_shape) != tuple(data.input_shape):
         raise SearchError(
             f"profile {profile.name} expects input {list(profile.input_shape)} but the data "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "TensorRTSettings",
     "list_profiles",
     "load_profile",
+    "represents_this_host",
 ]
 
 DEFAULT_PROFILE = "cpu-ort-1t"
@@ -88,3 +90,32 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
+
+
+def _arch(name: str) -> str:
+    n = name.strip().lower()
+    return _ARCH_ALIASES.get(n, n)
+
+
+def represents_this_host(profile: DeviceProfile) -> tuple[bool, str]:
+    """Whether measuring ``profile`` here measures the device it describes.
+
+    A remote profile measures on its agents, a profile without ``host_arch`` describes any
+    machine; otherwise the architectures must match.
+
+    Returns:
+        (True, "") or (False, why, with what to do instead).
+    """
+    if profile.remote is not None or profile.host_arch is None:
+        return True, ""
+    here = _arch(platform.machine())
+    if here == _arch(profile.host_arch):
+        return True, ""
+    return False, (
+        f"profile '{profile.name}' describes an {profile.host_arch} device but this host is "
+        f"{here}: measured here, its figures would not represent that device; run `edgeprune "
+        "agent` on the device and measure through it (a profile with `remote:`)"
+    )

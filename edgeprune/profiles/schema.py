@@ -122,6 +122,11 @@ class DeviceProfile(_Strict):
     channel_multiple: int = Field(
         1, ge=1, description="Round pruned channel counts to this (calibration may learn it)."
     )
+    host_arch: str | None = Field(
+        None,
+        description="CPU architecture (platform.machine(), e.g. aarch64) of the device a local "
+        "CPU profile describes; measured on another architecture it does not represent it.",
+    )
     measurement: MeasurementSettings = MeasurementSettings()
     onnxruntime: OrtSettings = OrtSettings()
     tensorrt: TensorRTSettings | None = None
