@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="also write an FP16 model")
     p.add_argument("--calib-data", default=None, help="data for INT8 calibration")
     p.add_argument("--calib-samples", type=int, default=256)
+    p.add_argument(
+        "--int8-recipe",
+        default=None,
+        help="quantization recipe (default: measured per profile; see `edgeprune.calibration."
+        "int8.RECIPES`)",
+    )
 
     p = sub.add_parser("benchmark", help="measure ONNX models on device profiles")
     p.add_argument("onnx", nargs="+", type=Path)

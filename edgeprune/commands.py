@@ -111,17 +111,43 @@ def run_export(args: argparse.Namespace) -> int:
         out.print(f"FP16 model -> {fp16}")
     checked = args.out
     if args.int8:
-        from edgeprune.calibration.int8 import compare_int8, export_int8
+        from edgeprune._io import atomic_write_json
+        from edgeprune.calibration.int8 import RECIPES, choose_recipe, compare_int8, export_int8
         from edgeprune.data import load_data
 
         if not args.calib_data:
             raise EdgepruneError("--int8 needs --calib-data (e.g. --calib-data digits)")
         data = load_data(args.calib_data, image_size=profile.input_shape[1])
-        checked = export_int8(
-            args.out, args.out.with_suffix(".int8.onnx"), data, n_samples=args.calib_samples
-        )
+        target = args.out.with_suffix(".int8.onnx")
         split = "test" if data.has_test else "val"
-        out.print(json.dumps(compare_int8(args.out, checked, data, profile, split=split), indent=2))
+        if args.int8_recipe:
+            if args.int8_recipe not in RECIPES:
+                raise EdgepruneError(
+                    f"--int8-recipe {args.int8_recipe!r} is unknown; use one of "
+                    f"{', '.join(RECIPES)}"
+                )
+            recipe = RECIPES[args.int8_recipe]
+            checked = export_int8(
+                args.out, target, data, n_samples=args.calib_samples, recipe=recipe
+            )
+            choice = {"chosen": recipe.name, "why": "asked for (--int8-recipe)", "recipes": []}
+        else:
+            choice = choose_recipe(args.out, target, data, profile, n_samples=args.calib_samples)
+        atomic_write_json(args.out.with_suffix(".int8.json"), choice)
+        for r in choice["recipes"]:
+            if r.get("measured"):
+                out.print(
+                    f"{r['name']}: {r['speedup_p50']:.2f}x FP32 at p50, top-1 "
+                    f"{r['top1_int8']:.2f}% vs {r['top1_fp32']:.2f}% (val)",
+                    soft_wrap=True,
+                )
+        if choice["chosen"] is None:
+            out.print(f"[bold yellow]INT8 not written:[/] {choice['why']}", soft_wrap=True)
+        else:
+            checked = target
+            out.print(f"INT8 ({choice['chosen']}: {choice['why']}) -> {target}", soft_wrap=True)
+            cmp = compare_int8(args.out, checked, data, profile, split=split)
+            out.print(json.dumps(cmp, indent=2))
     from edgeprune.targets.trt_ops import check_tensorrt_ops
 
     ops = check_tensorrt_ops(checked)

@@ -136,3 +136,65 @@ def test_export_int8_loads_a_named_source(exported: tuple[Path, Path], tmp_path:
     fp32, _ = exported
     out = export_int8(fp32, tmp_path / "named.int8.onnx", "digits", n_samples=8)
     assert check_tensorrt_ops(out).ok
+
+
+# ------------------------------------------------------------------ recipes per runtime
+
+
+def test_recipes_per_runtime() -> None:
+    from edgeprune.calibration.int8 import ORT_CPU_RECIPES, TRT_RECIPE, candidate_recipes
+
+    assert candidate_recipes(load_profile("jetson-orin-nano-trt-fp16")) == (TRT_RECIPE,)
+    ort = candidate_recipes(load_profile("cpu-ort-1t"))
+    assert ort == ORT_CPU_RECIPES and ort[0].activations == "u8"
+    assert {r.quant_format for r in ort} == {"qdq", "qoperator"}
+
+
+def test_u8s8_recipes_write_unsigned_activations(
+    exported: tuple[Path, Path], digits: DataSplits, tmp_path: Path
+) -> None:
+    from edgeprune.calibration.int8 import RECIPES
+
+    fp32, _ = exported
+    qdq = export_int8(fp32, tmp_path / "u8.onnx", digits, n_samples=64,
+                      recipe=RECIPES["ort-u8s8-qdq"])  # fmt: skip
+    graph = onnx.load(str(qdq)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    act_zps = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zps and all(z.dtype == np.uint8 for z in act_zps)
+    qop = export_int8(fp32, tmp_path / "qop.onnx", digits, n_samples=64,
+                      recipe=RECIPES["ort-u8s8-qoperator"])  # fmt: skip
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(qop)).graph.node}
+    r = compare_int8(fp32, qdq, digits, _profile(), settings=FAST)
+    assert abs(r["top1_fp32"] - r["top1_int8"]) <= 1.0, r
+
+
+def test_choose_recipe_measures_every_candidate_and_keeps_a_faster_one_or_none(
+    exported: tuple[Path, Path], digits: DataSplits, tmp_path: Path
+) -> None:
+    from edgeprune.calibration.int8 import ORT_CPU_RECIPES, choose_recipe
+
+    fp32, _ = exported
+    out = tmp_path / "chosen.int8.onnx"
+    res = choose_recipe(fp32, out, digits, _profile(), n_samples=64, settings=FAST)
+    assert [r["name"] for r in res["recipes"]] == [r.name for r in ORT_CPU_RECIPES]
+    assert all(r["speedup_p50"] > 0 for r in res["recipes"])
+    if res["chosen"] is None:  # INT8 does not pay on this CPU: said, nothing written
+        assert "no INT8 recipe beats FP32" in res["why"] and not out.exists()
+    else:
+        row = next(r for r in res["recipes"] if r["name"] == res["chosen"])
+        assert row["speedup_p50"] > 1.0 and out.is_file()
+        assert row["speedup_p50"] == max(
+            r["speedup_p50"] for r in res["recipes"] if r["top1_drop_points"] <= 1.0
+        )
+
+
+def test_choose_recipe_on_tensorrt_writes_the_symmetric_qdq_model(
+    exported: tuple[Path, Path], digits: DataSplits, tmp_path: Path
+) -> None:
+    from edgeprune.calibration.int8 import choose_recipe
+
+    fp32, _ = exported
+    trt = load_profile("jetson-orin-nx-trt-int8")
+    res = choose_recipe(fp32, tmp_path / "trt.onnx", digits, trt, n_samples=64)
+    assert res["chosen"] == "trt-s8s8-qdq" and check_tensorrt_ops(tmp_path / "trt.onnx").ok
