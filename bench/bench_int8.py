@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                             n_samples=args.calib_samples, recipe=RECIPES[r["name"]])  # fmt: skip
             cmp = compare_int8(fp32, q, data, profile, split="test")
             test[r["name"]] = {k: cmp[k] for k in ("top1_fp32", "top1_int8", "speedup_p50")}
-            print(f"{r['name']}: val {r['speedup_p50']:.2f}x, test re-measure "
-                  f"{cmp['speedup_p50']:.2f}x, test top-1 {cmp['top1_int8']:.2f}%", flush=True)  # fmt: skip
+            line = f"{r['name']}: val {r['speedup_p50']:.2f}x, test re-measure "
+            print(line + f"{cmp['speedup_p50']:.2f}x, top-1 {cmp['top1_int8']:.2f}%", flush=True)
     res = {
         "kind": "bench-int8",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

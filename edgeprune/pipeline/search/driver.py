@@ -169,7 +169,7 @@ def _check_reachable(ctx: RunContext, goal: Goal) -> None:
 
 def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) -> SearchState:
     """Weigh dropping residual blocks at the goal; start the channel search from the choice."""
-    if goal.kind != "latency":
+    if goal.kind != "latency" or ctx.config.search.depth == "off":
         return st
     t = time.perf_counter()
     ctx.console.print("[bold]depth[/]: weighing residual blocks against channels at the goal")
