@@ -175,7 +175,7 @@ def candidate_recipes(profile: DeviceProfile) -> tuple[Recipe, ...]:
 def quantize_int8(
     fp32_onnx: str | Path,
     out_path: str | Path,
-    reader: CalibrationReader,
+    reader: CalibrationReader | _ArrayReader,
     *,
     per_channel: bool = True,
     method: str = "minmax",
@@ -439,3 +439,59 @@ def choose_recipe(
     for x in rows:
         x.pop("path", None)
     return {"chosen": chosen, "why": why, "recipes": rows, "path": path}
+
+
+class _ArrayReader(_ReaderBase):
+    """Calibration batches from ready float arrays (the latency path: values do not matter)."""
+
+    def __init__(self, input_name: str, arrays: Sequence[np.ndarray]) -> None:
+        self.input_name = input_name
+        self.arrays = list(arrays)
+        self._i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._i >= len(self.arrays):
+            return None
+        self._i += 1
+        return {self.input_name: self.arrays[self._i - 1]}
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def needs_int8(profile: DeviceProfile) -> bool:
+    """True when latency on ``profile`` is that of an INT8 model edgeprune must quantize
+    (onnxruntime INT8 profiles; TensorRT quantizes at engine build)."""
+    return profile.precision == "int8" and profile.runtime == "onnxruntime"
+
+
+def profile_recipe(profile: DeviceProfile) -> Recipe:
+    """The recipe an INT8 profile ships in (``onnxruntime.int8_recipe``; TensorRT's own)."""
+    if profile.runtime == "tensorrt":
+        return TRT_RECIPE
+    name = profile.onnxruntime.int8_recipe
+    if name not in RECIPES:
+        raise ExportError(
+            f"profile {profile.name}: int8_recipe {name!r} is unknown; use one of "
+            f"{', '.join(RECIPES)}"
+        )
+    return RECIPES[name]
+
+
+def quantize_for_latency(src: str | Path, dst: str | Path, profile: DeviceProfile) -> Path:
+    """Quantize an FP32 graph by the profile's recipe on seeded random calibration data.
+
+    For latency only (the LUT's layer graphs, the search's candidates): the kernels an INT8
+    model runs, and so its speed, do not depend on the calibration values; the model that
+    ships is calibrated on real images (:func:`export_int8`).
+    """
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    inp = next(v for v in graph.input if v.name not in inits)
+    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
+    reader = _ArrayReader(inp.name, arrays)
+    return quantize_int8(src, dst, reader, recipe=profile_recipe(profile))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.calibration.int8 import needs_int8, quantize_for_latency
 from edgeprune.errors import ModelError
 from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
 from edgeprune.targets.base import Target, require_available, target_for
@@ -296,6 +297,10 @@ class PointMeasurer:
         assert self._target is not None
         path = Path(self._tmp.name) / "layer.onnx"
         path.write_bytes(onnx_bytes)
+        if needs_int8(self.profile):  # time the layer as the INT8 model will run it
+            path = quantize_for_latency(
+                path, Path(self._tmp.name) / "layer.int8.onnx", self.profile
+            )
         variant = self.profile.model_copy(update={"batch": shape[0], "input_shape": shape[1:]})
         prepared = self._target.prepare(path, variant)
         try:

@@ -27,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from edgeprune._io import append_jsonl, sha256_file
+from edgeprune.calibration.int8 import needs_int8, quantize_for_latency
 from edgeprune.errors import OnnxModelError
 from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
 from edgeprune.targets.base import LatencyStats, Prepared, Target, require_available, target_for
@@ -240,7 +241,12 @@ class LatencyOracle:
                     "this latency oracle has no ONNX exporter, so it measures ONNX files only; "
                     "build it with export_fn=edgeprune.pipeline.export.export_onnx"
                 )
-            self._export_fn(model_or_path, self.profile, path)
+            if needs_int8(self.profile):  # an INT8 profile times the model it ships: INT8
+                fp32 = self.workdir / f"cand-{sig[:20]}.fp32.onnx"
+                self._export_fn(model_or_path, self.profile, fp32)
+                quantize_for_latency(fp32, path, self.profile)
+            else:
+                self._export_fn(model_or_path, self.profile, path)
         return path
 
     @contextmanager

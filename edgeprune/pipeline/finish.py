@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeprune import __version__
 from edgeprune._io import atomic_write_json
+from edgeprune.calibration.int8 import compare_int8, export_int8, needs_int8, profile_recipe
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.finetune import distill_
 from edgeprune.pipeline.pruning.blocks import stage_of
@@ -69,11 +70,17 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
     )
     base_export = export_onnx(ctx.base, ctx.profile, ctx.run.baseline_onnx)
     final_export = export_onnx(model, ctx.profile, ctx.run.onnx_path)
-    ctx.console.print("[bold]measuring[/] model.onnx against baseline.onnx (interleaved)")
-    cmp = ctx.oracle.measure_vs_baseline(
-        ctx.run.onnx_path, ctx.run.baseline_onnx, blocks=FINAL_BLOCKS
+    int8 = _int8_exports(ctx) if needs_int8(ctx.profile) else None
+    final_path, base_path = (
+        (int8["final"], int8["baseline"]) if int8 else (ctx.run.onnx_path, ctx.run.baseline_onnx)
     )
+    ctx.console.print(
+        f"[bold]measuring[/] {final_path.name} against {base_path.name} (interleaved)"
+    )
+    cmp = ctx.oracle.measure_vs_baseline(final_path, base_path, blocks=FINAL_BLOCKS)
     report = _report(ctx, st, model, cmp, base_export, final_export, wall_s)
+    if int8:
+        report["precisions"] = _precisions(ctx, int8, cmp)
     atomic_write_json(ctx.run.report_path, report)
     _render(ctx)
     ctx.run.save_checkpoint(st.replace(phase="done").to_dict(), model.state_dict())
@@ -84,6 +91,47 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
         ctx.console.print(f"[bold yellow]stopped before the goal:[/] {st.stop_reason}")
     ctx.console.print(f"report: {ctx.run.root / 'report.html'}", soft_wrap=True)
     return report
+
+
+def _int8_exports(ctx: RunContext) -> dict[str, Any]:
+    """INT8 profile: the baseline and the final model quantized by the profile's recipe,
+    calibrated on training images: the models the budget is judged on and that ship."""
+    recipe = profile_recipe(ctx.profile)
+    out: dict[str, Any] = {"recipe": recipe.name}
+    for side, src in (("baseline", ctx.run.baseline_onnx), ("final", ctx.run.onnx_path)):
+        dst = src.with_suffix(".int8.onnx")
+        export_int8(src, dst, ctx.data, n_samples=256, seed=ctx.config.seed, recipe=recipe)
+        out[side] = dst
+    return out
+
+
+def _precisions(ctx: RunContext, int8: dict[str, Any], cmp_int8: Any) -> dict[str, Any]:
+    """INT8 (what shipped, what the budget was judged on) beside FP32, both measured here."""
+    split = "test" if ctx.data.test_x.shape[0] else "val"
+    stat = ctx.profile.measurement.statistic
+    fp32_cmp = ctx.oracle.measure_vs_baseline(
+        ctx.run.onnx_path, ctx.run.baseline_onnx, blocks=FINAL_BLOCKS
+    )
+    acc = compare_int8(ctx.run.onnx_path, int8["final"], ctx.data, ctx.profile, split=split)
+    return {
+        "split": split,
+        "int8": {
+            "recipe": int8["recipe"],
+            "onnx": int8["final"].name,
+            "baseline_onnx": int8["baseline"].name,
+            "top1": acc["top1_int8"],
+            "latency_ms": cmp_int8.candidate.figure(stat),
+            "baseline_latency_ms": cmp_int8.baseline.figure(stat),
+        },
+        "fp32": {
+            "onnx": ctx.run.onnx_path.name,
+            "top1": acc["top1_fp32"],
+            "latency_ms": fp32_cmp.candidate.figure(stat),
+            "baseline_latency_ms": fp32_cmp.baseline.figure(stat),
+        },
+        "int8_vs_fp32_speedup": acc["speedup_p50"],
+        "note": "latency by the profile's statistic, each pair measured interleaved; top-1 in %",
+    }
 
 
 def final_epochs(total: float, spent: float) -> float:

@@ -66,6 +66,11 @@ class OrtSettings(_Strict):
     inter_op_threads: int = Field(1, ge=0, description="Used only with parallel execution.")
     allow_spinning: bool = Field(True, description="session.intra_op.allow_spinning.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    int8_recipe: str = Field(
+        "ort-u8s8-qdq",
+        description="Quantization recipe of INT8 profiles (edgeprune.calibration.int8.RECIPES;"
+        " bench/bench_int8.py measures them on a CPU).",
+    )
 
 
 class TensorRTSettings(_Strict):

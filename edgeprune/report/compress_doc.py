@@ -301,6 +301,34 @@ def _depth(r: dict[str, Any]) -> list[Block]:
     ]
 
 
+def _precisions(r: dict[str, Any]) -> list[Block]:
+    p = r.get("precisions")
+    if not p:
+        return []
+    rows = tuple(
+        (
+            name.upper() + (" (shipped, judged)" if name == "int8" else ""),
+            str(p[name]["onnx"]),
+            fmt.ms(p[name]["baseline_latency_ms"]),
+            fmt.ms(p[name]["latency_ms"]),
+            f"{p[name]['top1']:.2f}%",
+        )
+        for name in ("int8", "fp32")
+    )
+    return [
+        Heading("Precisions"),
+        Para(
+            f"The profile runs INT8 ({p['int8']['recipe']}): the search measured INT8 models "
+            f"and the budget is judged on the INT8 export. INT8 runs "
+            f"{fmt.speedup(p['int8_vs_fp32_speedup'])} FP32's speed (p50, interleaved); "
+            f"top-1 on the {p['split']} split."
+        ),
+        Table(
+            ("precision", "file", "baseline ms", "pruned ms", "pruned top-1"), rows, align="llrrr"
+        ),
+    ]
+
+
 def _export(r: dict[str, Any]) -> list[Block]:
     exp = r.get("export") or {}
     if not exp:
@@ -377,7 +405,7 @@ def build(r: dict[str, Any], figures: Container[str]) -> Document:
                 "iteration of the exported baseline and final ONNX models.",
             )
         )
-    blocks += _search(r, figures) + _depth(r) + _channels(r, figures) + _export(r)
+    blocks += _precisions(r) + _search(r, figures) + _depth(r) + _channels(r, figures) + _export(r)
     settings = r["final"]["latency"][prof].get("settings") or {}
     blocks += [
         Heading("Environment"),

@@ -205,3 +205,33 @@ def test_latency_goal_steps_through_targets_down_to_the_budget(tmp_path):
     first = [r["predicted_cost"] for r in rows if r["step"] == 1 and "error" not in r]
     assert max(first) <= steps[0]["target"] * 1.0001
     assert report["search"]["kd_epochs"]["final"] == pytest.approx(0.0)
+
+
+def test_int8_profile_searches_and_judges_on_int8_models(tmp_path):
+    import onnx
+
+    cfg = _config(tmp_path, speedup=1.3, max_steps=3)
+    prof = tmp_path / "fast-int8.yaml"
+    prof.write_text(
+        FAST_PROFILE.replace("name: fast-cpu", "name: fast-cpu-int8") + "precision: int8\n"
+    )
+    cfg = RunConfig.validate_dict(
+        {
+            **cfg.model_dump(),
+            "profile": str(prof),
+            "search": {**cfg.search.model_dump(), "searcher": "knapsack", "steps": 1},
+        }
+    )
+    report = compress(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    # the candidates the search measured were INT8 models
+    cands = [p for p in (run / "candidates").glob("cand-*.onnx") if ".fp32." not in p.name]
+    assert cands
+    assert all("QuantizeLinear" in {n.op_type for n in onnx.load(str(p)).graph.node} for p in cands)
+    p = report["precisions"]
+    assert (run / "model.int8.onnx").is_file() and p["int8"]["recipe"] == "ort-u8s8-qdq"
+    # the report's one scale is the INT8 pair's measurement
+    assert report["latency_scale"]["final_ms"] == pytest.approx(p["int8"]["latency_ms"])
+    assert abs(p["int8"]["top1"] - p["fp32"]["top1"]) <= 5.0
+    md = (run / "report.md").read_text()
+    assert "## Precisions" in md and "INT8 (shipped, judged)" in md
