@@ -17,17 +17,7 @@ import numpy as np
 
 from edgeprune.errors import TargetUnavailableError
 from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
-
-
-def nearest_rank(sorted_values: Sequence[float], pct: float) -> float:
-    """trtexec's nearest-rank percentile: ``sorted[max(n - 1 - int((1 - p/100) * n), 0)]``."""
-    n = len(sorted_values)
-    if n == 0:
-        raise ValueError("no values")
-    # Rounding away float noise first: in doubles (1 - 90/100) * 10 is 0.9999999999999998,
-    # which int() floors to 0 and would report p90 of 1..10 as 10 instead of 9.
-    exclude = int(round((100.0 - pct) * n / 100.0, 9))
-    return float(sorted_values[max(n - 1 - exclude, 0)])
+from edgeprune.targets.stats import nearest_rank, statistic_ms
 
 
 @dataclass(frozen=True)
@@ -70,8 +60,6 @@ class LatencyStats:
 
     def figure(self, statistic: str) -> float:
         """The figure decisions use (:mod:`edgeprune.targets.stats`, e.g. ``p50``)."""
-        from edgeprune.targets.stats import statistic_ms
-
         return statistic_ms(self.blocks(), statistic)
 
     @property

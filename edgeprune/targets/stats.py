@@ -22,9 +22,19 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 
-from edgeprune.targets.base import nearest_rank
+__all__ = ["STATISTICS", "block_ratio", "nearest_rank", "statistic_ms"]
 
-__all__ = ["STATISTICS", "block_ratio", "statistic_ms"]
+
+def nearest_rank(sorted_values: Sequence[float], pct: float) -> float:
+    """trtexec's nearest-rank percentile: ``sorted[max(n - 1 - int((1 - p/100) * n), 0)]``."""
+    n = len(sorted_values)
+    if n == 0:
+        raise ValueError("no values")
+    # Rounding away float noise first: in doubles (1 - 90/100) * 10 is 0.9999999999999998,
+    # which int() floors to 0 and would report p90 of 1..10 as 10 instead of 9.
+    exclude = int(round((100.0 - pct) * n / 100.0, 9))
+    return float(sorted_values[max(n - 1 - exclude, 0)])
+
 
 Blocks = Sequence[Sequence[float]]
 
