@@ -3,7 +3,7 @@
 The search and the budget check act on two figures: the baseline's absolute latency (a
 ``--budget-ms`` check) and the ratio candidate/baseline from interleaved blocks (every
 speedup goal and every landing). On a shared host both drift with what else runs. This
-benchmark measures the same two models (resnet20 and a half-width copy, ``cpu-ort-1t``)
+benchmark measures the same three models (resnet20, half- and quarter-width copies, ``cpu-ort-1t``)
 in ``--runs`` back-to-back interleaved runs, exactly as ``edgeprune benchmark A B`` does
 (warm-up, then ``blocks`` blocks of A then B), under four conditions:
 
@@ -26,6 +26,7 @@ Usage: ``python bench/bench_latency_stat.py [--runs 5] [--repeats 2]``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -65,14 +66,18 @@ while True:
 
 
 def models(workdir: Path, profile: Any) -> dict[str, Path]:
-    """resnet20 and a copy with half the channels of every prunable group, as ONNX."""
+    """resnet20 and copies with half and a quarter of the channels of every prunable group
+    (the quarter one has 4-16-channel layers: such narrow models ran bimodal on the AMD
+    EPYC dev host, ~0.23 or ~0.30 ms by the minute), as ONNX."""
     base = create_model("resnet20", 10).eval()
     x = torch.zeros(1, *profile.input_shape)
     groups = build_groups(base, x)
-    half = prune(base, groups, plan_from_ratios(groups, {g.id: 0.5 for g in groups.prunable}, 8))
-    out = {"baseline": workdir / "baseline.onnx", "half": workdir / "half.onnx"}
+    out = {"baseline": workdir / "baseline.onnx"}
     export_onnx(base, profile, out["baseline"])
-    export_onnx(half.model, profile, out["half"])
+    for name, keep in (("half", 0.5), ("quarter", 0.25)):
+        plan = plan_from_ratios(groups, {g.id: keep for g in groups.prunable}, 4)
+        out[name] = workdir / f"{name}.onnx"
+        export_onnx(prune(base, groups, plan).model, profile, out[name])
     return out
 
 
@@ -120,46 +125,71 @@ def condition(
     return {"name": name, "loaded": loaded, "pinned": pinned, "runs": out}
 
 
+def _ratio_rows(stat: str, conds: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = {}
+    for c in conds:
+        base = [statistic_ms(r["blocks"]["baseline"], stat) for r in c["runs"]]
+        others = [m for m in c["runs"][0]["blocks"] if m != "baseline"]
+        ratios = {
+            m: [block_ratio(r["blocks"][m], r["blocks"]["baseline"], stat) for r in c["runs"]]
+            for m in others
+        }
+        rows[c["name"]] = {
+            "baseline_ms": base,
+            "ratios": ratios,
+            "baseline_spread": max(base) / min(base),
+            "ratio_spread": max(max(v) / min(v) for v in ratios.values()),
+        }
+    return rows
+
+
+def _bias(rows: dict[str, Any], conds: list[dict[str, Any]]) -> float:
+    """Loaded mean ratio / idle mean ratio, the model furthest from 1."""
+    mean = statistics.fmean
+    idle = [c["name"] for c in conds if not c["loaded"]]
+    loaded = [c["name"] for c in conds if c["loaded"]]
+    if not idle or not loaded:
+        return 1.0
+    biases = [
+        mean([mean(rows[n]["ratios"][m]) for n in loaded])
+        / mean([mean(rows[n]["ratios"][m]) for n in idle])
+        for m in rows[idle[0]]["ratios"]
+    ]
+    return max(biases, key=lambda b: abs(b - 1))
+
+
 def analyse(conds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per statistic and condition: baseline figure and ratio per run, spread, bias."""
+    """Per statistic and pinning: ratio spread (worst condition and model), load bias,
+    baseline spread; the pair with the smallest worst multiplicative error wins."""
     table: dict[str, Any] = {}
     for stat in STATISTICS:
-        rows = {}
-        for c in conds:
-            base = [statistic_ms(r["blocks"]["baseline"], stat) for r in c["runs"]]
-            ratio = [block_ratio(r["blocks"]["half"], r["blocks"]["baseline"], stat)
-                     for r in c["runs"]]  # fmt: skip
-            rows[c["name"]] = {
-                "baseline_ms": base,
-                "ratio": ratio,
-                "baseline_spread": max(base) / min(base),
-                "ratio_spread": max(ratio) / min(ratio),
+        for pin in (False, True):
+            part = [c for c in conds if c["pinned"] == pin]
+            if not part:
+                continue
+            rows = _ratio_rows(stat, part)
+            bias = _bias(rows, part)
+            spread = max(r["ratio_spread"] for r in rows.values())
+            table[f"{stat}{' pinned' if pin else ''}"] = {
+                "statistic": stat,
+                "pinned": pin,
+                "conditions": rows,
+                "worst_ratio_spread": spread,
+                "worst_baseline_spread": max(r["baseline_spread"] for r in rows.values()),
+                "loaded_vs_idle_ratio": bias,
+                # Both are multiplicative errors of a decision: run-to-run spread, and how
+                # far a competing job moves the ratio on average.
+                "worst_error": max(spread, bias, 1.0 / bias),
             }
-        table[stat] = {
-            "conditions": rows,
-            "worst_ratio_spread": max(r["ratio_spread"] for r in rows.values()),
-            "worst_baseline_spread": max(r["baseline_spread"] for r in rows.values()),
-        }
-        idle = [c["name"] for c in conds if not c["loaded"]]
-        loaded = [c["name"] for c in conds if c["loaded"]]
-        if idle and loaded:
-            mean = statistics.fmean
-            table[stat]["loaded_vs_idle_ratio"] = mean(
-                [mean(rows[n]["ratio"]) for n in loaded]
-            ) / mean([mean(rows[n]["ratio"]) for n in idle])
-            table[stat]["loaded_vs_idle_baseline"] = mean(
-                [mean(rows[n]["baseline_ms"]) for n in loaded]
-            ) / mean([mean(rows[n]["baseline_ms"]) for n in idle])
-    for t in table.values():
-        bias = t.get("loaded_vs_idle_ratio", 1.0)
-        # Both are multiplicative errors of a decision: run-to-run spread, and how far a
-        # competing job moves the ratio on average.
-        t["worst_error"] = max(t["worst_ratio_spread"], bias, 1.0 / bias)
     best = min(
-        STATISTICS,
-        key=lambda s: (round(table[s]["worst_error"], 3), table[s]["worst_baseline_spread"]),
+        table,
+        key=lambda k: (round(table[k]["worst_error"], 3), table[k]["worst_baseline_spread"]),
     )
-    return {"statistics": table, "chosen": best}
+    return {
+        "statistics": table,
+        "chosen": table[best]["statistic"],
+        "chosen_pinned": table[best]["pinned"],
+    }
 
 
 _CHECK_DIR = Path(tempfile.gettempdir()) / "edgeprune-latency-stat"
@@ -171,25 +201,29 @@ def paths_for_check(profile: Any) -> dict[str, Path]:
 
 
 def benchmark_check(
-    paths: dict[str, Path], profile: Any, statistic: str, runs: int
+    paths: dict[str, Path], profile: Any, statistic: str, pinned: bool, runs: int
 ) -> dict[str, Any]:
     """``edgeprune benchmark baseline.onnx half.onnx`` run ``runs`` times back to back (the
     library call the CLI makes), with the chosen statistic: its spread and p50's."""
     from edgeprune.pipeline.benchmark import benchmark
 
     prof = profile.model_copy(
-        update={"measurement": profile.measurement.model_copy(update={"statistic": statistic})}
+        update={
+            "measurement": profile.measurement.model_copy(
+                update={"statistic": statistic, "pin_core": pinned}
+            )
+        }
     )
     rows = []
     for _ in range(runs):
-        res = benchmark([paths["baseline"], paths["half"]], [prof], progress=False)
-        base, half = res.entries
+        res = benchmark([paths["baseline"], paths["quarter"]], [prof], progress=False)
+        base, small = res.entries
         rows.append(
             {
                 "baseline_figure_ms": base.figure_ms,
                 "baseline_p50_ms": base.latency.p50_ms,
-                "speedup_by_statistic": half.speedup_by_statistic,
-                "speedup_p50": half.speedup_vs_first,
+                "speedup_by_statistic": small.speedup_by_statistic,
+                "speedup_p50": small.speedup_vs_first,
             }
         )
 
@@ -199,6 +233,7 @@ def benchmark_check(
 
     return {
         "statistic": statistic,
+        "pinned": pinned,
         "runs": rows,
         "spread": {k: spread(k) for k in rows[0]},
         "load_1m": host_info().get("load_avg_1m"),
@@ -211,26 +246,27 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         f"# Decision statistic on {env['cpu_model']} ({env['logical_cores']} logical cores)",
         "",
-        f"`{res['profile']}`, resnet20 vs a half-width copy, {res['runs']} back-to-back "
-        f"interleaved runs per condition ({res['blocks']} blocks each), repeated "
+        f"`{res['profile']}`, resnet20 vs half- and quarter-width copies, {res['runs']} "
+        f"back-to-back interleaved runs per condition ({res['blocks']} blocks each), repeated "
         f"{res['repeats']} times (conditions: {', '.join(names)}). Spread = max/min over "
-        "the runs of one condition; the worst condition is shown. Created "
+        "the runs of one condition; the worst condition and model are shown. Created "
         f"{res['created']}.",
         "",
-        "| statistic | worst error | worst ratio spread | worst baseline spread | ratio "
-        "loaded/idle | baseline loaded/idle | "
-        + " | ".join(f"ratio spread {n}" for n in names)
-        + " |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(names),
+        "| statistic | pinned | worst error | worst ratio spread | worst baseline spread | "
+        "ratio loaded/idle | per condition: ratio spread |",
+        "|---|:-:|---:|---:|---:|---:|---|",
     ]
-    for stat, t in res["analysis"]["statistics"].items():
-        mark = " (chosen)" if stat == res["analysis"]["chosen"] else ""
+    chosen = (res["analysis"]["chosen"], res["analysis"].get("chosen_pinned", False))
+    for t in res["analysis"]["statistics"].values():
+        mark = " (chosen)" if (t["statistic"], t["pinned"]) == chosen else ""
+        per = ", ".join(
+            f"{n.split('#')[0].replace('-pinned', '')}#{n.split('#')[-1]} {c['ratio_spread']:.3f}"
+            for n, c in t["conditions"].items()
+        )
         lines.append(
-            f"| `{stat}`{mark} | {t['worst_error']:.3f} | {t['worst_ratio_spread']:.3f} | "
-            f"{t['worst_baseline_spread']:.3f} | {t.get('loaded_vs_idle_ratio', 0):.3f} | "
-            f"{t.get('loaded_vs_idle_baseline', 0):.3f} | "
-            + " | ".join(f"{t['conditions'][n]['ratio_spread']:.3f}" for n in names)
-            + " |"
+            f"| `{t['statistic']}`{mark} | {'yes' if t['pinned'] else 'no'} | "
+            f"{t['worst_error']:.3f} | {t['worst_ratio_spread']:.3f} | "
+            f"{t['worst_baseline_spread']:.3f} | {t['loaded_vs_idle_ratio']:.3f} | {per} |"
         )
     lines += [
         "",
@@ -239,24 +275,23 @@ def render(res: dict[str, Any]) -> str:
         "of its iterations (or blocks).",
         "",
     ]
-    chk = res.get("benchmark_check")
-    if chk:
+    for i, chk in enumerate(res.get("benchmark_checks") or ()):
         sp = chk["spread"]
         lines += [
-            f"## `edgeprune benchmark` x{len(chk['runs'])}, back to back, statistic "
-            f"`{chk['statistic']}`",
+            f"## Check {i + 1}: `edgeprune benchmark baseline quarter` x{len(chk['runs'])}, back "
+            f"to back, statistic `{chk['statistic']}`, pinned: {chk.get('pinned')}",
             "",
             f"Spread (max/min) of the baseline's figure: **{sp['baseline_figure_ms']:.3f}** "
             f"(its p50: {sp['baseline_p50_ms']:.3f}); of the speedup by the statistic: "
             f"**{sp['speedup_by_statistic']:.3f}** (by p50: {sp['speedup_p50']:.3f}). Load "
-            f"average at the end {chk.get('load_1m')}.",
+            f"average at the end {chk.get('load_1m'):.2f}.",
             "",
             "| run | baseline figure ms | baseline p50 ms | speedup (statistic) | speedup (p50) |",
             "|---:|---:|---:|---:|---:|",
             *(
-                f"| {i + 1} | {r['baseline_figure_ms']:.4f} | {r['baseline_p50_ms']:.4f} | "
+                f"| {j + 1} | {r['baseline_figure_ms']:.4f} | {r['baseline_p50_ms']:.4f} | "
                 f"{r['speedup_by_statistic']:.3f} | {r['speedup_p50']:.3f} |"
-                for i, r in enumerate(chk["runs"])
+                for j, r in enumerate(chk["runs"])
             ),
             "",
         ]
@@ -269,12 +304,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5, help="back-to-back runs per condition")
     p.add_argument("--repeats", type=int, default=2, help="times each condition is repeated")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--checks", type=int, default=3, help="rounds of the benchmark check")
+    p.add_argument(
+        "--reanalyse",
+        type=Path,
+        help="re-analyse the conditions of an earlier results JSON (raw blocks are kept) and "
+        "redo only the benchmark check",
+    )
     args = p.parse_args(argv)
     profile = load_profile(args.profile)
     torch.set_num_threads(1)
     conds = []
+    measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.reanalyse:
+        earlier = json.loads(args.reanalyse.read_text(encoding="utf-8"))
+        conds = earlier["conditions"]
+        args.runs, measured_at = earlier["runs"], earlier.get("measured", earlier["created"])
+        n_repeats = earlier["repeats"]
+    else:
+        n_repeats = args.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        paths = models(Path(tmp), profile)
+        if conds:
+            args.repeats = 0  # measured before: analysis only
+        else:
+            paths = models(Path(tmp), profile)
         for rep in range(args.repeats):
             for loaded in (False, True):
                 for pinned in (False, True):
@@ -287,19 +340,25 @@ def main(argv: list[str] | None = None) -> int:
                     c.update(loaded=loaded, pinned=pinned)
                     conds.append(c)
     analysis = analyse(conds)
-    print(f"chosen statistic: {analysis['chosen']}; five edgeprune benchmark runs", flush=True)
-    check = benchmark_check(paths_for_check(profile), profile, analysis["chosen"], args.runs)
+    pin = analysis["chosen_pinned"]
+    print(f"chosen: {analysis['chosen']} (pinned: {pin}); five benchmark runs", flush=True)
+    check_paths = paths_for_check(profile)
+    checks = [
+        benchmark_check(check_paths, profile, analysis["chosen"], pin, args.runs)
+        for _ in range(args.checks)
+    ]
     res = {
         "kind": "bench-latency-stat",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": host_info(),
         "profile": profile.name,
+        "measured": measured_at,
         "runs": args.runs,
-        "repeats": args.repeats,
+        "repeats": n_repeats,
         "blocks": profile.measurement.blocks,
         "conditions": conds,
         "analysis": analysis,
-        "benchmark_check": check,
+        "benchmark_checks": checks,
     }
     stem = "latency_stat_" + re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
     atomic_write_json(args.out / f"{stem}.json", res)

@@ -326,6 +326,8 @@ class LatencyOracle:
         model: nn.Module | Path | str,
         baseline_model: nn.Module | Path | str,
         blocks: int | None = None,
+        *,
+        fresh: bool = False,
     ) -> BaselineComparison:
         """Candidate and baseline in interleaved blocks (A B A B ...), and their median ratio.
 
@@ -340,6 +342,8 @@ class LatencyOracle:
             model: The candidate (torch model or ONNX path).
             baseline_model: The reference (usually the unpruned model).
             blocks: Interleaved blocks; the settings' ``blocks`` when ``None``.
+            fresh: Measure again even when the cache has this comparison (a confirmation);
+                the new result replaces the cached one.
 
         Returns:
             A :class:`BaselineComparison`, which also unpacks as ``(cand, base, ratio)``.
@@ -349,7 +353,7 @@ class LatencyOracle:
         cand_sig, base_sig = self.signature(model), self.signature(baseline_model)
         kind = f"ratio{n_blocks}" if stat == "p50" else f"ratio{n_blocks}-{stat}"
         key = self._key(kind, cand_sig, base_sig)
-        row = self._cache.get(key)
+        row = None if fresh else self._cache.get(key)
         if row is not None:
             self.hits += 1
             return BaselineComparison(

@@ -27,7 +27,13 @@ from edgeprune.profiles.schema import DeviceProfile
 from edgeprune.report.terminal import benchmark_table
 from edgeprune.targets.base import LatencyStats, Prepared, Target, target_for
 from edgeprune.targets.stats import block_ratio
-from edgeprune.targets.timing import block_settings, host_info, random_input, warmup_settings
+from edgeprune.targets.timing import (
+    block_settings,
+    host_info,
+    pinned,
+    random_input,
+    warmup_settings,
+)
 
 RESULT_VERSION = 1
 BENCHMARK_FILE = "benchmark.json"
@@ -159,6 +165,8 @@ def _measure_profile(
     target = target_for(profile)
     _check_available(target, profile)
     prepared: list[Prepared] = []
+    pin_ctx = pinned(profile.measurement.pin_core)
+    pin = pin_ctx.__enter__()
     try:
         for path in paths:
             prepared.append(target.prepare(path, profile))
@@ -183,6 +191,7 @@ def _measure_profile(
     finally:
         for p in prepared:
             p.close()
+        pin_ctx.__exit__(None, None, None)
 
     entries: list[BenchmarkEntry] = []
     first_p50: float | None = None
@@ -191,7 +200,7 @@ def _measure_profile(
         assert merged is not None  # blocks >= 1, so every model was measured
         latency = LatencyStats(
             merged.times_ms,
-            {**merged.settings, "blocks": blocks, "interleaved_models": n},
+            {**merged.settings, "blocks": blocks, "interleaved_models": n, **pin},
             merged.metric,
             merged.block_sizes,
         )

@@ -30,12 +30,16 @@ class MeasurementSettings(_Strict):
         (50.0, 90.0, 95.0, 99.0), description="Percentiles reported (nearest rank)."
     )
     statistic: Literal["p50", "mean", "p10", "min", "min_block_median", "trimmed_median"] = Field(
-        "p50",
+        "min",
         description="The figure the search and the budget check act on (see "
-        "edgeprune/targets/stats.py; chosen by bench/bench_latency_stat.py).",
+        "edgeprune/targets/stats.py). Default chosen by bench/bench_latency_stat.py on the "
+        "shared 2-core dev host: min, pinned, varied 1.1% at worst between runs, idle or "
+        "beside a training job; p50 varied up to 37% (narrow models ran bimodal).",
     )
     pin_core: bool = Field(
-        False, description="Pin the measuring thread to one core while it measures (Linux)."
+        True,
+        description="Pin the measuring thread to one core while it measures (Linux; measured "
+        "to help: see statistic).",
     )
     settle_tolerance: float = Field(
         0.03,

@@ -285,11 +285,20 @@ def _land(
     below it grows back the channels with the most importance per ms that still fit.
     """
     lo, hi = window
+    tol = ctx.config.search.landing_tolerance
     tries: list[dict[str, Any]] = []
     for _ in range(ctx.config.search.landing_tries):
         predicted = ctx.cost.predict(keep)
         arch = prune(model, groups, PruningPlan(keep=keep), "l1", verify=False).model
         measured = _measure(ctx, goal, arch, keep, st)
+        if goal.kind == "latency" and abs(measured / predicted - 1) > 2 * tol:
+            # A surprise is measured again before it re-plans anything: on a shared host a
+            # narrow model ran ~0.23 or ~0.30 ms by the minute (bench/results/latency_stat_*),
+            # and a slow spell of the host is not the model's latency.
+            again = (
+                st.baseline_ms * ctx.oracle.measure_vs_baseline(arch, ctx.base, fresh=True).ratio
+            )
+            measured = min(measured, again)
         raw = ctx.cost.raw(keep)
         ctx.cost.calibration.add(raw, measured)
         tries.append({"keep": dict(keep), "predicted": predicted, "measured": measured})
