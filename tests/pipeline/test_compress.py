@@ -192,18 +192,27 @@ def test_latency_goal_steps_through_targets_down_to_the_budget(tmp_path):
     )
     report = compress(cfg, tmp_path / "run")
     steps = report["search"]["steps"]
-    budget = report["goal"]["budget_ms"]
-    assert budget == pytest.approx(report["baseline"]["latency_at_start"]["p50_ms"] / 1.6)
+    scale = report["latency_scale"]
+    assert scale["statistic"] == "min"  # the measured default decision statistic
+    start = report["baseline"]["latency_at_start"]["min_ms"]
+    assert scale["baseline_ms_at_start"] == pytest.approx(start)
+    budget = report["goal"]["budget_ms_at_start"]
+    assert budget == pytest.approx(start / 1.6)
+    # one scale in the report: the goal and the steps are rescaled to the end measurement
+    k = scale["to_final"]
+    assert report["goal"]["budget_ms"] == pytest.approx(budget * k)
+    assert scale["baseline_ms"] / scale["final_ms"] == pytest.approx(report["speedup"]["measured"])
     # geometric targets: the first between the baseline and the budget, then the budget
-    assert budget < steps[0]["target"] < report["baseline"]["latency_at_start"]["p50_ms"]
-    assert all(s["target"] == pytest.approx(budget) for s in steps[1:])
+    assert budget < steps[0]["target_at_start_scale"] < start
+    assert all(s["target_at_start_scale"] == pytest.approx(budget) for s in steps[1:])
+    assert all(s["target"] == pytest.approx(s["target_at_start_scale"] * k) for s in steps)
     for s in steps:  # every kept plan was measured at least once on the way to landing
         assert 1 <= len(s["landing_tries"]) <= cfg.search.landing_tries
         assert s["latency_ms"] == pytest.approx(s["value"])
     # the candidates of one step share their predicted latency (projected on the target)
     rows = [json.loads(x) for x in (tmp_path / "run" / "search.jsonl").read_text().splitlines()]
     first = [r["predicted_cost"] for r in rows if r["step"] == 1 and "error" not in r]
-    assert max(first) <= steps[0]["target"] * 1.0001
+    assert max(first) <= steps[0]["target_at_start_scale"] * 1.0001
     assert report["search"]["kd_epochs"]["final"] == pytest.approx(0.0)
 
 
