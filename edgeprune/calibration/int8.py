@@ -158,7 +158,7 @@ ORT_CPU_RECIPES = (
     ),
     Recipe(
         "ort-u8s8-qdq-reduce-range", "qdq", "u8", False, True, True, "onnxruntime",
-        "ONNX Runtime CPU without VNNI: 7-bit weights avoid U8S8 overflow",
+        "ONNX Runtime CPU, 7-bit weights (advised without VNNI; measured, not assumed)",
     ),
     TRT_RECIPE,
 )  # fmt: skip
