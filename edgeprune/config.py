@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeprune.errors import SearchError
 
@@ -115,6 +115,13 @@ class SearchConfig(_Section):
         description="depth pruning for latency goals: 'auto' weighs dropping residual blocks "
         "(replaced by their shortcut) against channels alone, by proxy accuracy at the goal",
     )
+
+    @field_validator("depth", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # YAML reads a bare `off` (`--set search.depth=off`, `depth: off`) as False.
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
     depth_max_blocks: int | None = Field(
         None, ge=0, description="most residual blocks dropped (None: every droppable block)"
     )

@@ -185,3 +185,13 @@ def test_compress_below_the_depth_floor_exits_2_in_seconds(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "droppable residual blocks" in proc.stderr and "Options:" in proc.stderr
     assert not (run / "checkpoint" / "state.json").exists()
+
+
+def test_set_depth_off_survives_yaml():
+    """`--set search.depth=off`: YAML reads a bare off as False; the config takes it."""
+    from edgeprune.commands import apply_override
+    from edgeprune.config import RunConfig
+
+    raw = RunConfig().model_dump(mode="json")
+    apply_override(raw, "search.depth=off")
+    assert RunConfig.validate_dict(raw).search.depth == "off"
