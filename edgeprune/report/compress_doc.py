@@ -267,8 +267,9 @@ def _depth(r: dict[str, Any]) -> list[Block]:
         f"shortcut before the channel search"
         + (f" ({fmt.ms(start)} ms measured without them)" if start is not None else "")
         + "; the channel table refers to the model without them. Each block count was "
-        "completed by the channel knapsack at the budget and scored by proxy accuracy "
-        "(before recovery); the best was kept."
+        "completed by the channel knapsack at the budget, recovered by "
+        f"{d.get('recovery_epochs', 0):.2g} KD epochs and scored by proxy accuracy; the best "
+        "was kept."
     )
     stages = tuple(
         (
