@@ -25,6 +25,7 @@ from rich.table import Table
 from edgeprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgeprune.pipeline.benchmark import benchmark
 from edgeprune.profiles import DeviceProfile
+from edgeprune.targets.stats import block_ratio
 
 RESULTS_VERSION = 1
 BASELINE = "baseline"
@@ -54,11 +55,22 @@ def final_benchmark(
         result = benchmark([onnx[n] for n in order], [profile], blocks=blocks, progress=True)
         runs.append({n: e for n, e in zip(order, result.entries, strict=True)})
     per_model: dict[str, dict[str, Any]] = {}
+    stat = profile.measurement.statistic
     for n in names:
         p50 = [r[n].latency.p50_ms for r in runs]
         p90 = [r[n].latency.p90_ms for r in runs]
         speed = [r[BASELINE].latency.p50_ms / r[n].latency.p50_ms for r in runs]
+        # The decision statistic's speedup, from the blocks measured side by side: the rule
+        # the searches were held to.
+        by_stat = [
+            1.0 / block_ratio(r[n].latency.blocks(), r[BASELINE].latency.blocks(), stat)
+            for r in runs
+        ]
         per_model[n] = {
+            "statistic": stat,
+            "figure_ms": statistics.median(r[n].latency.figure(stat) for r in runs),
+            "speedup_by_statistic": statistics.median(by_stat),
+            "speedup_by_statistic_repeats": by_stat,
             "p50_ms": statistics.median(p50),
             "p90_ms": statistics.median(p90),
             "speedup": statistics.median(speed),
@@ -95,7 +107,10 @@ def method_row(
         "model": name,
         "budget_fraction": fraction,
         "budget_ms": fraction * base_report["p50_ms"],
-        "meets_budget": measured["speedup"] >= 1.0 / fraction,
+        # Judged by the decision statistic (the rule every search was held to); p50 shown too.
+        "meets_budget": measured.get("speedup_by_statistic", measured["speedup"]) >= 1.0 / fraction,
+        "speedup_by_statistic": measured.get("speedup_by_statistic"),
+        "statistic": measured.get("statistic", "p50"),
         "test_top1": rep["final"]["accuracy"]["test"],
         "val_top1": rep["final"]["accuracy"]["val"],
         "p50_ms": measured["p50_ms"],
@@ -207,9 +222,10 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         f"{res['final_benchmark']['repeats']} interleaved benchmark runs of all models "
         f"({res['final_benchmark']['blocks']} blocks each), medians.",
         "",
-        "| budget | method | test top-1 | p50 ms | p90 ms | meets | speedup (measured) | "
-        "MACs | MACs ratio | measured / MACs speedup | KD epochs | search s | fine-tune s |",
-        "|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|",
+        "| budget | method | test top-1 | p50 ms | p90 ms | meets | speedup (decision) | "
+        "speedup (p50) | MACs | MACs ratio | measured / MACs speedup | KD epochs | search s | "
+        "fine-tune s |",
+        "|---|---|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         if r.get("refused"):
@@ -218,7 +234,7 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
                 f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {r['method']} | "
                 "refused | - | - | no | floor "
                 + ("-" if floor is None else f"{100 * floor:.0f}% of the baseline (predicted)")
-                + " | - | - | - | - | - | - |"
+                + " | - | - | - | - | - | - | - |"
             )
             continue
         method = r["method"] + (
@@ -227,7 +243,13 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         lines.append(
             f"| {100 * r['budget_fraction']:.0f}% ({r['budget_ms']:.3f} ms) | {method} | "
             f"{_pct(r['test_top1'])} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
-            f"{'yes' if r['meets_budget'] else 'no'} | {r['speedup_measured']:.2f}x | "
+            f"{'yes' if r['meets_budget'] else 'no'} | "
+            + (
+                "-"
+                if r.get("speedup_by_statistic") is None
+                else f"{r['speedup_by_statistic']:.2f}x ({r.get('statistic', 'p50')})"
+            )
+            + f" | {r['speedup_measured']:.2f}x | "
             f"{r['macs'] / 1e6:.2f}M | {r['macs_ratio']:.2f}x | "
             f"{r['speedup_per_macs_ratio']:.2f} | "
             f"{r['kd_epochs']} | {_s(r['search_s'])} | {_s(r['finetune_s'])} |"
