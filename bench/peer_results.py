@@ -254,7 +254,11 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
             f"{r['speedup_per_macs_ratio']:.2f} | "
             f"{r['kd_epochs']} | {_s(r['search_s'])} | {_s(r['finetune_s'])} |"
         )
-    lines += ["", "## Winner per budget (most accurate method that meets it by the decision statistic)", ""]
+    lines += [
+        "",
+        "## Winner per budget (most accurate method meeting it by the decision statistic)",
+    ]
+    lines += [""]
     for w in res["winners"]:
         head = f"- {100 * w['budget_fraction']:.0f}% of the baseline p50: "
         if w["winner"] is None:
