@@ -120,7 +120,8 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title("Accuracy vs latency of every evaluated candidate")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # Below the axes: inside, it covered the low-accuracy candidates of aggressive steps.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     return _png(fig)
 
 
