@@ -18,7 +18,8 @@ the idle one (bias). The statistic with the smallest worst multiplicative error 
 ratio (the larger of its worst spread and its bias; ties: the baseline's spread) is the
 measured default of ``measurement.statistic``.
 
-Writes ``bench/results/latency_stat_<cpu>.json`` (source of truth) and ``.md``.
+Writes ``bench/results/latency_stat_<cpu>.json`` (source of truth: the analysis and the
+checks), ``.raw.json.gz`` (every timed iteration, for ``--reanalyse``) and ``.md``.
 
 Usage: ``python bench/bench_latency_stat.py [--runs 5] [--repeats 2]``
 """
@@ -26,6 +27,7 @@ Usage: ``python bench/bench_latency_stat.py [--runs 5] [--repeats 2]``
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -39,7 +41,7 @@ from typing import Any
 
 import torch
 
-from edgeprune._io import atomic_write_json, atomic_write_text
+from edgeprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgeprune.models import create_model
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.pruning.groups import build_groups
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     conds = []
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if args.reanalyse:
-        earlier = json.loads(args.reanalyse.read_text(encoding="utf-8"))
+        raw = args.reanalyse.read_bytes()
+        earlier = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
         conds = earlier["conditions"]
         args.runs, measured_at = earlier["runs"], earlier.get("measured", earlier["created"])
         n_repeats = earlier["repeats"]
@@ -361,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark_checks": checks,
     }
     stem = "latency_stat_" + re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
+    # The raw blocks (several MB) go to a gzip beside the results; --reanalyse reads it.
+    atomic_write_bytes(
+        args.out / f"{stem}.raw.json.gz",
+        gzip.compress(json.dumps(res, separators=(",", ":")).encode(), mtime=0),
+    )
+    res = {**res, "conditions": [{k: v for k, v in c.items() if k != "runs"} for c in conds]}
+    res["raw"] = f"{stem}.raw.json.gz"
+    for t in res["analysis"]["statistics"].values():
+        for c in t["conditions"].values():  # per-run figures stay in the raw file
+            c.pop("baseline_ms", None)
+            c.pop("ratios", None)
     atomic_write_json(args.out / f"{stem}.json", res)
     atomic_write_text(args.out / f"{stem}.md", render(res))
     print(render(res))
