@@ -194,14 +194,6 @@ def analyse(conds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_CHECK_DIR = Path(tempfile.gettempdir()) / "edgeprune-latency-stat"
-
-
-def paths_for_check(profile: Any) -> dict[str, Path]:
-    _CHECK_DIR.mkdir(parents=True, exist_ok=True)
-    return models(_CHECK_DIR, profile)
-
-
 def benchmark_check(
     paths: dict[str, Path], profile: Any, statistic: str, pinned: bool, runs: int
 ) -> dict[str, Any]:
@@ -327,10 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         n_repeats = args.repeats
     with tempfile.TemporaryDirectory() as tmp:
+        paths = models(Path(tmp), profile)  # measured here, and by the checks below
         if conds:
             args.repeats = 0  # measured before: analysis only
-        else:
-            paths = models(Path(tmp), profile)
         for rep in range(args.repeats):
             for loaded in (False, True):
                 for pinned in (False, True):
@@ -342,14 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                     )  # fmt: skip
                     c.update(loaded=loaded, pinned=pinned)
                     conds.append(c)
-    analysis = analyse(conds)
-    pin = analysis["chosen_pinned"]
-    print(f"chosen: {analysis['chosen']} (pinned: {pin}); five benchmark runs", flush=True)
-    check_paths = paths_for_check(profile)
-    checks = [
-        benchmark_check(check_paths, profile, analysis["chosen"], pin, args.runs)
-        for _ in range(args.checks)
-    ]
+        analysis = analyse(conds)
+        pin = analysis["chosen_pinned"]
+        print(f"chosen: {analysis['chosen']} (pinned: {pin}); five benchmark runs", flush=True)
+        checks = [
+            benchmark_check(paths, profile, analysis["chosen"], pin, args.runs)
+            for _ in range(args.checks)
+        ]
     res = {
         "kind": "bench-latency-stat",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

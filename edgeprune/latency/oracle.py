@@ -306,8 +306,6 @@ class LatencyOracle:
         stats = runs[0]
         for r in runs[1:]:
             stats = stats.merged(r)
-        if len(runs) == 1:
-            stats = LatencyStats(stats.times_ms, stats.settings, stats.metric, (stats.count,))
         settled = len(settle) >= 2 and abs(settle[-1] / settle[-2] - 1) <= s.settle_tolerance
         notes = {
             **notes,

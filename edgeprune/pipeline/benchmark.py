@@ -165,36 +165,37 @@ def _measure_profile(
     target = target_for(profile)
     _check_available(target, profile)
     prepared: list[Prepared] = []
-    pin_ctx = pinned(profile.measurement.pin_core)
-    pin = pin_ctx.__enter__()
-    try:
-        for path in paths:
-            prepared.append(target.prepare(path, profile))
-        x = random_input(profile.full_input_shape, seed=0)  # same input for every model
-        for p in prepared:
-            target.measure(p, x, warmup_settings(profile.measurement))
-            tick()
-        per_block = block_settings(profile.measurement, blocks)
-        stats: list[LatencyStats | None] = [None] * len(paths)
-        counts: list[list[int]] = [[] for _ in paths]
-        positions: list[list[int]] = [[] for _ in paths]
-        n = len(paths)
-        for rnd in range(blocks):
-            order = [(rnd + k) % n for k in range(n)]
-            for pos, i in enumerate(order):
-                s = target.measure(prepared[i], x, per_block)
-                prev = stats[i]
-                stats[i] = s if prev is None else prev.merged(s)
-                counts[i].append(s.count)
-                positions[i].append(pos)
+    with pinned(profile.measurement.pin_core) as pin:
+        try:
+            for path in paths:
+                prepared.append(target.prepare(path, profile))
+            x = random_input(profile.full_input_shape, seed=0)  # same input for every model
+            for p in prepared:
+                target.measure(p, x, warmup_settings(profile.measurement))
                 tick()
-    finally:
-        for p in prepared:
-            p.close()
-        pin_ctx.__exit__(None, None, None)
+            per_block = block_settings(profile.measurement, blocks)
+            stats: list[LatencyStats | None] = [None] * len(paths)
+            counts: list[list[int]] = [[] for _ in paths]
+            positions: list[list[int]] = [[] for _ in paths]
+            n = len(paths)
+            for rnd in range(blocks):
+                order = [(rnd + k) % n for k in range(n)]
+                for pos, i in enumerate(order):
+                    s = target.measure(prepared[i], x, per_block)
+                    prev = stats[i]
+                    stats[i] = s if prev is None else prev.merged(s)
+                    counts[i].append(s.count)
+                    positions[i].append(pos)
+                    tick()
+        finally:
+            for p in prepared:
+                p.close()
 
     entries: list[BenchmarkEntry] = []
     first_p50: float | None = None
+    stat = profile.measurement.statistic
+    first = stats[0]
+    assert first is not None  # blocks >= 1, so every model was measured
     for i, path in enumerate(paths):
         merged = stats[i]
         assert merged is not None  # blocks >= 1, so every model was measured
@@ -206,9 +207,6 @@ def _measure_profile(
         )
         if first_p50 is None:
             first_p50 = latency.p50_ms
-        stat = profile.measurement.statistic
-        first = stats[0]
-        assert first is not None
         entries.append(
             BenchmarkEntry(
                 model=names[i],

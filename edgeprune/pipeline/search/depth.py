@@ -113,14 +113,16 @@ def depth_floor(ctx: RunContext, blocks: tuple[BlockInfo, ...]) -> float:
     """Predicted ms of the smallest reachable model: the most blocks dropped, channels at
     their narrowest."""
     limit = ctx.config.search.depth_max_blocks
-    ranked = sorted(blocks, key=lambda b: -_saved(ctx, b))[: limit if limit is not None else None]
-    r = reduce(ctx, tuple(b.name for b in ranked))
+    if limit is not None and limit < len(blocks):  # ranking needs a trace per block
+        blocks = tuple(sorted(blocks, key=lambda b: -saved_ms(ctx, reduce(ctx, (b.name,)))))
+        blocks = blocks[:limit]
+    r = reduce(ctx, tuple(b.name for b in blocks))
     return r.cost.predict(r.floor(ctx.multiple))
 
 
-def _saved(ctx: RunContext, block: BlockInfo) -> float:
+def saved_ms(ctx: RunContext, r: Reduced) -> float:
+    """Predicted ms the base saves by dropping ``r``'s blocks (full widths both sides)."""
     full = ctx.cost.predict({g.id: g.width for g in ctx.base_groups.prunable})
-    r = reduce(ctx, (block.name,))
     return full - r.cost.predict(r.full())
 
 
@@ -132,18 +134,17 @@ def choose_depth(
     choice = DepthChoice()
     if not blocks:
         return choice
-    full_ms = ctx.cost.predict({g.id: g.width for g in ctx.base_groups.prunable})
     ranked = []
     for b in blocks:
         r = reduce(ctx, (b.name,))
-        saved = full_ms - r.cost.predict(r.full())
+        saved = saved_ms(ctx, r)
         acc = ctx.proxy_accuracy(r.model)
         lost = base_accuracy - acc
         ranked.append((lost / saved if saved > 0 else float("inf"), b, saved, acc))
         choice.blocks.append(
             {"name": b.name, "stage": b.stage, "saved_ms": saved, "proxy_accuracy": acc}
         )
-    order = [b for key, b, saved, _ in sorted(ranked, key=lambda t: t[0]) if saved > 0]
+    order = [b for _, b, saved, _ in sorted(ranked, key=lambda t: t[0]) if saved > 0]
     cfg = ctx.config
     limit = cfg.search.depth_max_blocks
     order = order[: limit if limit is not None else None]

@@ -181,8 +181,7 @@ def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) 
         return st
     r = reduce(ctx, choice.dropped)
     ctx.use_start(r.dropped, r.model, r.groups, r.cost)
-    ratio = ctx.oracle.measure_vs_baseline(r.model, ctx.base).ratio
-    measured = st.baseline_ms * ratio
+    measured = _measure_latency(ctx, r.model, st)
     ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
     macs, params = count_macs_params(r.model, ctx.example)
     ctx.console.print(
@@ -295,10 +294,7 @@ def _land(
             # A surprise is measured again before it re-plans anything: on a shared host a
             # narrow model ran ~0.23 or ~0.30 ms by the minute (bench/results/latency_stat_*),
             # and a slow spell of the host is not the model's latency.
-            again = (
-                st.baseline_ms * ctx.oracle.measure_vs_baseline(arch, ctx.base, fresh=True).ratio
-            )
-            measured = min(measured, again)
+            measured = min(measured, _measure_latency(ctx, arch, st, fresh=True))
         raw = ctx.cost.raw(keep)
         ctx.cost.calibration.add(raw, measured)
         tries.append({"keep": dict(keep), "predicted": predicted, "measured": measured})
@@ -474,5 +470,8 @@ def reward_of(reward: Any, acc: float, latency: float, macs: int, params: int) -
     return float(reward(Metrics(acc, latency, macs, params)))
 
 
-def _measure_latency(ctx: RunContext, model: nn.Module, st: SearchState) -> float:
-    return st.baseline_ms * ctx.oracle.measure_vs_baseline(model, ctx.base).ratio
+def _measure_latency(
+    ctx: RunContext, model: nn.Module, st: SearchState, *, fresh: bool = False
+) -> float:
+    ratio = ctx.oracle.measure_vs_baseline(model, ctx.base, fresh=fresh).ratio
+    return st.baseline_ms * ratio

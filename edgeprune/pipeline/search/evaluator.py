@@ -80,7 +80,7 @@ def step_task(
 
     ``start`` (the groups the grids are defined over) and ``cost`` default to the run's.
     """
-    start = start or ctx.start_groups
+    start = ctx.start_groups if start is None else start
     widths = {g.id: g.width for g in groups.prunable}
     grids = {}
     for g in groups.prunable:
