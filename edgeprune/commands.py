@@ -191,16 +191,16 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from edgeprune.config import RunConfig
-    from edgeprune.pipeline.compress import compress
+    """A thin client of :func:`edgeprune.compress` (the library API)."""
+    from edgeprune.api import compress
 
     if args.resume is not None:
-        compress(RunConfig(), args.resume, resume=True, console=console)
+        compress(out=args.resume, resume=True, console=console)
         return 0
     config = compress_config(args)
     out_dir = args.out or _default_run_dir(config)
     console.print(f"run directory: {out_dir}", soft_wrap=True)
-    compress(config, out_dir, console=console)
+    compress(config=config, out=out_dir, console=console)
     return 0
 
 
@@ -261,26 +261,16 @@ def apply_override(raw: dict, item: str) -> None:
     """
     import yaml
 
+    from edgeprune.config import set_field
+
     path, sep, text = item.partition("=")
     if not sep or not path.strip():
         raise EdgepruneError(f"--set {item!r}: write SECTION.KEY=VALUE, e.g. search.samples=8")
-    keys = path.strip().split(".")
-    node = raw
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            raise EdgepruneError(
-                f"--set {item!r}: '{k}' is not a section of the run config "
-                f"(sections: {', '.join(x for x, v in raw.items() if isinstance(v, dict))})"
-            )
-        node = node[k]
-    if keys[-1] not in node:
-        raise EdgepruneError(
-            f"--set {item!r}: no field '{keys[-1]}' there (fields: {', '.join(node)})"
-        )
     try:
-        node[keys[-1]] = yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise EdgepruneError(f"--set {item!r}: cannot parse the value ({exc})") from exc
+    set_field(raw, path.strip(), value, where=f"--set {item!r}")
 
 
 def _default_run_dir(config) -> Path:  # type: ignore[no-untyped-def]

@@ -7,12 +7,12 @@ fewer samples, a validation subset); every one can be changed in the run config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeprune.errors import SearchError
+from edgeprune.errors import EdgepruneError, SearchError
 
 CONFIG_VERSION = 2
 
@@ -166,6 +166,13 @@ class RunConfig(_Section):
     threads: int = Field(
         1, ge=1, description="torch threads (1: two threads ran ~10x slower on a busy 2-core box)"
     )
+    input_shape: list[int] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="(C, H, W) fed to the model, replacing the profile's input_shape (a 224-px "
+        "or 640-px model on a Jetson profile)",
+    )
     allow_foreign_profile: bool = Field(
         False,
         description="search against a profile whose host_arch is not this machine's (its "
@@ -196,3 +203,23 @@ class RunConfig(_Section):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "(root)"
             raise SearchError(f"{where}: field '{field}': {first['msg']}") from exc
+
+
+def set_field(raw: dict[str, Any], path: str, value: Any, *, where: str) -> None:
+    """Set ``section.key`` (dotted) of a config dict to ``value``, in place.
+
+    Raises:
+        EdgepruneError: a path that names no field of the run config.
+    """
+    keys = path.split(".")
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            raise EdgepruneError(
+                f"{where}: '{k}' is not a section of the run config "
+                f"(sections: {', '.join(x for x, v in raw.items() if isinstance(v, dict))})"
+            )
+        node = node[k]
+    if keys[-1] not in node:
+        raise EdgepruneError(f"{where}: no field '{keys[-1]}' there (fields: {', '.join(node)})")
+    node[keys[-1]] = value

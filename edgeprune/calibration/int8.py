@@ -42,7 +42,8 @@ class CalibrationReader(_ReaderBase):
     """Feeds ``n_samples`` normalised images, chosen deterministically, to ORT's calibrator.
 
     Args:
-        data_x: uint8 images ``(N, C, H, W)`` (torch tensor or numpy array).
+        data_x: uint8 images ``(N, C, H, W)`` (torch tensor or numpy array), or float32
+            model inputs already normalised (``mean`` and ``std`` are then not used).
         mean: Per-channel mean in [0, 1] scale (the training data's).
         std: Per-channel std in [0, 1] scale.
         input_name: The ONNX graph input name.
@@ -66,10 +67,10 @@ class CalibrationReader(_ReaderBase):
         seed: int = 0,
     ) -> None:
         x = torch.as_tensor(data_x)
-        if x.dtype != torch.uint8 or x.ndim != 4:
+        if x.dtype not in (torch.uint8, torch.float32) or x.ndim != 4:
             raise DataError(
-                f"calibration data must be uint8 (N, C, H, W) images, got {x.dtype} "
-                f"{list(x.shape)}; pass DataSplits.train_x"
+                f"calibration data must be uint8 (N, C, H, W) images or float32 model inputs, "
+                f"got {x.dtype} {list(x.shape)}; pass DataSplits.train_x"
             )
         if batch < 1 or n_samples < 1:
             raise DataError(f"calib samples ({n_samples}) and batch ({batch}) must be >= 1")
@@ -84,7 +85,9 @@ class CalibrationReader(_ReaderBase):
         self.indices = np.sort(rng.choice(x.shape[0], size=n, replace=False))
         self.input_name = input_name
         self.batch = batch
-        self._x = normalize(x[torch.from_numpy(self.indices)], mean, std).numpy()
+        picked = x[torch.from_numpy(self.indices)]
+        # float32: model inputs, normalised already (a user's own pipeline)
+        self._x = (picked if x.is_floating_point() else normalize(picked, mean, std)).numpy()
         self._pos = 0
 
     @property
@@ -345,7 +348,7 @@ def export_int8(
         out_path: The INT8 model's path (e.g. ``model.int8.onnx``).
         data: ``DataSplits``, or a source for :func:`edgeprune.data.load_data` (``"digits"``,
             a path) loaded at the model's input size; calibration uses the training split,
-            never the test split.
+            never the test split. Or float32 model inputs ``(N, C, H, W)``, normalised.
         n_samples: Calibration images.
         seed: Which images (deterministic).
         per_channel: Per-channel weight scales.
@@ -369,9 +372,15 @@ def export_int8(
 
         side = inp.type.tensor_type.shape.dim[2].dim_value or 32
         data = load_data(data, image_size=side)
-    reader = CalibrationReader(
-        data.train_x, data.mean, data.std, inp.name, n_samples=n_samples, batch=batch, seed=seed
-    )
+    if isinstance(data, (np.ndarray, torch.Tensor)):  # normalised model inputs
+        reader = CalibrationReader(
+            data, (), (), inp.name, n_samples=n_samples, batch=batch, seed=seed
+        )
+    else:
+        reader = CalibrationReader(
+            data.train_x, data.mean, data.std, inp.name, n_samples=n_samples, batch=batch,
+            seed=seed,
+        )  # fmt: skip
     return quantize_int8(
         src, out_path, reader, per_channel=per_channel, method=method, recipe=recipe
     )

@@ -20,7 +20,7 @@ from rich.console import Console
 from torch import nn
 
 from edgeprune.config import RunConfig
-from edgeprune.data import DataSplits, iterate_batches, load_data, stratified_draw
+from edgeprune.data import DataSplits, load_data
 from edgeprune.errors import SearchError
 from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import ModelSpec, load_model
@@ -36,6 +36,7 @@ from edgeprune.pipeline.search.cost import (
     macs_cost_model,
 )
 from edgeprune.pipeline.search.driver import search
+from edgeprune.pipeline.tasks import ClassifierTask, Task
 from edgeprune.pipeline.train import train
 from edgeprune.profiles import load_profile, represents_this_host
 from edgeprune.targets.base import require_available, target_for
@@ -44,7 +45,30 @@ from edgeprune.targets.base import require_available, target_for
 def compress(
     config: RunConfig, out_dir: Path, *, resume: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
-    """Run (or resume) a compress job in ``out_dir``; return the report dict.
+    """Run (or resume) a compress job on ``config``'s model and data; return the report."""
+    return compress_run(config, out_dir, resume=resume, console=console)[0]
+
+
+def compress_run(
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    model: nn.Module | None = None,
+    task: Task | None = None,
+) -> tuple[dict[str, Any], nn.Module]:
+    """Run (or resume) a compress job in ``out_dir``; return the report and the model.
+
+    Args:
+        config: The run config (ignored on resume: the run's own is read back).
+        out_dir: The run directory.
+        resume: Continue the run in ``out_dir`` from its checkpoint.
+        console: Where progress goes (stderr by default).
+        model: The trained model to compress (the user's object). None: build
+            ``config.model`` (zoo name or factory) with its weights, or train a baseline.
+        task: What scores and recovers pruned models. None: top-1 and distillation on
+            ``config.data``, an in-memory image dataset.
 
     Raises:
         SearchError: bad budget, no validation data, a run directory already in use.
@@ -58,28 +82,26 @@ def compress(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
-    ctx = _setup(config, run, console)
+    ctx = _setup(config, run, console, model=model, task=task)
     checkpoint = run.load_checkpoint() if resume else None
-    state, model = search(ctx, checkpoint)
-    return finish(ctx, state, model, wall_s=time.perf_counter() - t0)
+    state, pruned = search(ctx, checkpoint)
+    return finish(ctx, state, pruned, wall_s=time.perf_counter() - t0), pruned
 
 
 # ----------------------------------------------------------------------------- setup
 
 
-def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
-    data = load_data(
-        config.data.source,
-        val_fraction=config.data.val_fraction,
-        seed=config.data.seed,
-        limit=config.data.limit,
-    )
-    if data.val_x.shape[0] == 0:
-        raise SearchError(
-            f"data '{config.data.source}' gave no validation images; the search scores "
-            "candidates on a validation split — raise data.val_fraction or add images"
-        )
+def _setup(
+    config: RunConfig,
+    run: RunDir,
+    console: Console,
+    *,
+    model: nn.Module | None = None,
+    task: Task | None = None,
+) -> RunContext:
     profile = load_profile(config.profile)
+    if config.input_shape is not None:
+        profile = profile.model_copy(update={"input_shape": tuple(config.input_shape)})
     require_available(target_for(profile), profile)
     fits, why = represents_this_host(profile)
     if not fits and not config.allow_foreign_profile:
@@ -88,14 +110,33 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
         )
     if not fits:
         console.print(f"[bold yellow]warning:[/] {why}", soft_wrap=True)
-    if tuple(profile.input_shape) != tuple(data.input_shape):
-        raise SearchError(
-            f"profile {profile.name} expects input {list(profile.input_shape)} but the data "
-            f"is {list(data.input_shape)}; use a profile with input_shape {list(data.input_shape)}"
+    if task is None:
+        data = load_data(
+            config.data.source,
+            val_fraction=config.data.val_fraction,
+            seed=config.data.seed,
+            limit=config.data.limit,
         )
-    num_classes = config.model.num_classes or data.num_classes
-    spec = ModelSpec(config.model.name, num_classes)
-    base = _baseline(config, run, data, spec, console)
+        if data.val_x.shape[0] == 0:
+            raise SearchError(
+                f"data '{config.data.source}' gave no validation images; the search scores "
+                "candidates on a validation split — raise data.val_fraction or add images"
+            )
+        if tuple(profile.input_shape) != tuple(data.input_shape):
+            raise SearchError(
+                f"profile {profile.name} expects input {list(profile.input_shape)} but the "
+                f"data is {list(data.input_shape)}; use a profile with input_shape "
+                f"{list(data.input_shape)} or --set input_shape={list(data.input_shape)}"
+            )
+        task = ClassifierTask.from_config(data, config)
+        spec = ModelSpec(config.model.name, config.model.num_classes or data.num_classes)
+        base = model if model is not None else _baseline(config, run, data, spec, console)
+    else:
+        if model is None:
+            raise SearchError("a task needs the model it scores; pass model=")
+        spec = ModelSpec(config.model.name, config.model.num_classes or 1)
+        base = model
+    base = base.eval()
     example = torch.zeros(1, *profile.input_shape)
     t = time.perf_counter()
     groups = build_groups(base, example, ignored_layers=config.search.ignored_layers)
@@ -118,21 +159,10 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
     if not config.search.round_to_multiple:
         multiple = 1
     cost = _cost_model(config, groups, predictor, base, profile.full_input_shape)
-    seed = config.seed
-    bn_idx = stratified_draw(data.train_y, 64 * config.search.bn_batches, seed)
-    bn_inputs = _batches(data, bn_idx, seed) if config.search.bn_batches else []
-    taylor_idx = stratified_draw(data.train_y, 64 * max(config.search.bn_batches, 2), seed + 1)
-    taylor = list(
-        iterate_batches(
-            data.train_x[taylor_idx], data.train_y[taylor_idx], 64, shuffle=False,
-            augment=False, generator=None, mean=data.mean, std=data.std,
-        )
-    )  # fmt: skip
-    val_idx = stratified_draw(data.val_y, config.search.val_subset, seed + 2)
     ctx = RunContext(
         config=config,
         run=run,
-        data=data,
+        task=task,
         profile=profile,
         spec=spec,
         base=base,
@@ -142,31 +172,11 @@ def _setup(config: RunConfig, run: RunDir, console: Console) -> RunContext:
         predictor=predictor,
         cost=cost,
         multiple=multiple,
-        bn_inputs=bn_inputs,
-        taylor_inputs=[x for x, _ in taylor],
-        taylor_labels=[y for _, y in taylor],
-        val_x=data.val_x[val_idx],
-        val_y=data.val_y[val_idx],
         console=console,
+        base_is_object=model is not None,
     )
     ctx.timings["setup_s"] = time.perf_counter() - t
     return ctx
-
-
-def _batches(data: DataSplits, idx: torch.Tensor, seed: int) -> list[torch.Tensor]:
-    """BN re-estimation batches, augmented like training (seeded, so every candidate sees
-    the same ones). The baseline's BN statistics were gathered on augmented images: on the
-    shared CIFAR-10 resnet20, re-estimating on 256 plain images cost 4.1 points of proxy
-    accuracy for the *unpruned* model (86.0% -> 81.9%; 81.5% with 1024), on augmented ones
-    none (86.1%)."""
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        x
-        for x, _ in iterate_batches(
-            data.train_x[idx], data.train_y[idx], 64, shuffle=False, augment=True,
-            generator=gen, mean=data.mean, std=data.std, flip=data.hflip_ok,
-        )
-    ]  # fmt: skip
 
 
 def _cost_model(

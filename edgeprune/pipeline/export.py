@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from edgeprune._io import atomic_write_bytes, sha256_file
-from edgeprune.errors import ExportError, OnnxModelError
+from edgeprune.errors import EdgepruneError, ExportError, OnnxModelError
+from edgeprune.outputs import flatten_outputs, output_names
 from edgeprune.profiles.schema import DeviceProfile
 
 EXPORTER = "torchscript"
@@ -37,7 +38,8 @@ class ExportInfo:
         opset: ONNX opset version.
         exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``).
         input_name: Graph input name.
-        output_name: Graph output name.
+        output_name: First graph output name (``logits`` for a classifier).
+        output_names: Every graph output, one per tensor the model returns.
         input_shape: Static input shape (batch, C, H, W) from the profile.
         max_abs_diff: Largest |torch - onnxruntime| over the check inputs.
         sha256: Hash of the file.
@@ -57,6 +59,7 @@ class ExportInfo:
     size_bytes: int
     onnx_version: str
     torch_version: str
+    output_names: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -66,6 +69,7 @@ class ExportInfo:
             "exporter": self.exporter,
             "input_name": self.input_name,
             "output_name": self.output_name,
+            "output_names": list(self.output_names or (self.output_name,)),
             "input_shape": list(self.input_shape),
             "max_abs_diff": self.max_abs_diff,
             "sha256": self.sha256,
@@ -85,21 +89,6 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict) and out:
-        first = next(iter(out.values()))
-        if isinstance(first, torch.Tensor):
-            return first
-    raise ExportError(
-        f"model returns {type(out).__name__}, not a tensor; return the logits tensor "
-        "(or a tuple whose first item is the logits)"
-    )
 
 
 def _seeded_inputs(shape: tuple[int, ...], seed: int, n: int) -> list[torch.Tensor]:
@@ -186,14 +175,20 @@ def export_onnx(
     device = param.device if param is not None else torch.device("cpu")
     with _eval_mode(model), torch.no_grad():
         try:
-            refs = [_first_tensor(model(x.to(device))).cpu().numpy() for x in inputs]
+            outs = [model(x.to(device)) for x in inputs]
+            refs = [[t.cpu().numpy() for t in flatten_outputs(o)] for o in outs]
         except ExportError:
             raise
+        except EdgepruneError as exc:  # an output that is not a tensor
+            raise ExportError(f"{what}: an output is not a tensor: {exc}") from exc
         except Exception as exc:
             raise ExportError(
                 f"model rejects input shape {list(shape)} from profile '{profile.name}': "
                 f"{_first_line(exc)}; pick a profile whose input_shape fits the model"
             ) from exc
+        # One graph output per tensor: a classifier's "logits", a detector's "out.0",
+        # "out.1", a segmentation dict's keys.
+        names = output_names(outs[0], OUTPUT_NAME)
         buf = io.BytesIO()
         try:
             # The TorchScript exporter (dynamo=False) is ~10x faster than the dynamo exporter
@@ -208,7 +203,7 @@ def export_onnx(
                     dynamo=False,
                     opset_version=opset,
                     input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
+                    output_names=names,
                     do_constant_folding=True,
                 )
         except Exception as exc:
@@ -230,11 +225,20 @@ def export_onnx(
         sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ExportError(f"{what}: onnxruntime rejects the graph: {_first_line(exc)}") from exc
-    in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    in_name = sess.get_inputs()[0].name
+    graph_outputs = [o.name for o in sess.get_outputs()]
+    if len(graph_outputs) != len(names):
+        raise ExportError(
+            f"{what}: the graph has {len(graph_outputs)} outputs but the model returns "
+            f"{len(names)} tensors (an output is a constant or an input); return only "
+            "computed tensors from forward"
+        )
     max_diff = 0.0
     for x, ref in zip(inputs, refs, strict=True):
-        got = sess.run([out_name], {in_name: x.numpy()})[0]
-        max_diff = max(max_diff, compare_outputs(ref, got, atol, what))
+        got = sess.run(graph_outputs, {in_name: x.numpy()})
+        for name, r, g in zip(graph_outputs, ref, got, strict=True):
+            label = what if len(graph_outputs) == 1 else f"{what} (output {name})"
+            max_diff = max(max_diff, compare_outputs(r, g, atol, label))
 
     atomic_write_bytes(out_path, data)
     return ExportInfo(
@@ -242,7 +246,8 @@ def export_onnx(
         opset=opset,
         exporter=EXPORTER,
         input_name=in_name,
-        output_name=out_name,
+        output_name=graph_outputs[0],
+        output_names=tuple(graph_outputs),
         input_shape=shape,
         max_abs_diff=max_diff,
         sha256=sha256_file(out_path),

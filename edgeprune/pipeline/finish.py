@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgeprune import __version__
 from edgeprune._io import atomic_write_json
-from edgeprune.calibration.int8 import compare_int8, export_int8, needs_int8, profile_recipe
+from edgeprune.calibration.int8 import export_int8, needs_int8, profile_recipe
 from edgeprune.pipeline.export import export_onnx
-from edgeprune.pipeline.finetune import distill_
 from edgeprune.pipeline.pruning.blocks import stage_of
 from edgeprune.pipeline.pruning.groups import count_macs_params
 from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.pruned_io import save_pruned
-from edgeprune.pipeline.train import evaluate
 from edgeprune.report.terminal import compress_table
 from edgeprune.targets.timing import host_info
 
@@ -42,11 +40,9 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
         # One KD budget for every searcher: what the steps did not spend goes here.
         epochs = final_epochs(cfg.finetune.total_epochs, st.kd_epochs)
         ctx.console.print(f"[bold]final fine-tune[/]: {epochs:g} KD epochs")
-        distill_(
+        ctx.task.recover(
             model,
             ctx.base,
-            ctx.data,
-            cfg.finetune,
             epochs,
             seed=cfg.seed + 10_000,
             progress=True,
@@ -67,6 +63,7 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
         plan=plan,
         removed=removed,
         dropped=ctx.dropped,
+        base=ctx.base if ctx.base_is_object else None,
     )
     base_export = export_onnx(ctx.base, ctx.profile, ctx.run.baseline_onnx)
     final_export = export_onnx(model, ctx.profile, ctx.run.onnx_path)
@@ -100,21 +97,31 @@ def _int8_exports(ctx: RunContext) -> dict[str, Any]:
     out: dict[str, Any] = {"recipe": recipe.name}
     for side, src in (("baseline", ctx.run.baseline_onnx), ("final", ctx.run.onnx_path)):
         dst = src.with_suffix(".int8.onnx")
-        export_int8(src, dst, ctx.data, n_samples=256, seed=ctx.config.seed, recipe=recipe)
+        calib = ctx.task.int8_calibration()
+        export_int8(src, dst, calib, n_samples=256, seed=ctx.config.seed, recipe=recipe)
         out[side] = dst
     return out
 
 
 def _precisions(ctx: RunContext, int8: dict[str, Any], cmp_int8: Any) -> dict[str, Any]:
     """INT8 (what shipped, what the budget was judged on) beside FP32, both measured here."""
-    split = "test" if ctx.data.test_x.shape[0] else "val"
     stat = ctx.profile.measurement.statistic
     fp32_cmp = ctx.oracle.measure_vs_baseline(
         ctx.run.onnx_path, ctx.run.baseline_onnx, blocks=FINAL_BLOCKS
     )
-    acc = compare_int8(ctx.run.onnx_path, int8["final"], ctx.data, ctx.profile, split=split)
+    acc = ctx.task.int8_accuracy(ctx.run.onnx_path, int8["final"], ctx.profile)
+    if acc is None:  # the user's metric runs torch models only: INT8 accuracy not measured
+        int8_cmp = ctx.oracle.measure_vs_baseline(
+            int8["final"], ctx.run.onnx_path, blocks=FINAL_BLOCKS
+        )
+        acc = {
+            "split": None,
+            "top1_int8": None,
+            "top1_fp32": None,
+            "speedup_p50": int8_cmp.baseline.p50_ms / int8_cmp.candidate.p50_ms,
+        }
     return {
-        "split": split,
+        "split": acc["split"],
         "int8": {
             "recipe": int8["recipe"],
             "onnx": int8["final"].name,
@@ -141,9 +148,7 @@ def final_epochs(total: float, spent: float) -> float:
 
 
 def _accuracies(ctx: RunContext, model: nn.Module) -> dict[str, float | None]:
-    d = ctx.data
-    test = evaluate(model, d.test_x, d.test_y, d.mean, d.std) if d.test_x.shape[0] else None
-    return {"val": evaluate(model, d.val_x, d.val_y, d.mean, d.std), "test": test}
+    return ctx.task.final_metrics(model)
 
 
 def _channels(ctx: RunContext, st: SearchState) -> list[dict[str, Any]]:
@@ -230,13 +235,8 @@ def _report(
         "config": ctx.config.model_dump(mode="json"),
         "profile": ctx.profile.model_dump(mode="json"),
         "environment": host_info(),
-        "data": {
-            "name": ctx.data.name,
-            "classes": len(ctx.data.classes),
-            "train": int(ctx.data.train_x.shape[0]),
-            "val": int(ctx.data.val_x.shape[0]),
-            "test": int(ctx.data.test_x.shape[0]),
-        },
+        "data": ctx.task.summary(),
+        "metric": {"name": ctx.task.metric, "percent": ctx.task.percent},
         "goal": {
             "budget_ms": budget,
             "budget_ms_at_start": st.budget_ms,

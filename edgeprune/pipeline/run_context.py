@@ -10,16 +10,14 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.config import RunConfig
-from edgeprune.data import DataSplits
 from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import ModelSpec
 from edgeprune.pipeline.pruning.groups import GroupSet
 from edgeprune.pipeline.pruning.prune import apply_removed
 from edgeprune.pipeline.run_dir import RunDir
 from edgeprune.pipeline.search.cost import CostModel
-from edgeprune.pipeline.train import evaluate
+from edgeprune.pipeline.tasks import Task
 from edgeprune.profiles import DeviceProfile
 
 
@@ -29,7 +27,7 @@ class RunContext:
 
     config: RunConfig
     run: RunDir
-    data: DataSplits
+    task: Task  # scores, recovers and calibrates pruned models (the user's metric)
     profile: DeviceProfile
     spec: ModelSpec
     base: nn.Module  # the unpruned model: teacher and latency reference
@@ -39,13 +37,10 @@ class RunContext:
     predictor: Any  # LatencyLUT or None
     cost: CostModel  # the goal's cost of a channel plan (latency in ms, MACs or channels)
     multiple: int
-    bn_inputs: list[torch.Tensor]
-    taylor_inputs: list[torch.Tensor]
-    taylor_labels: list[torch.Tensor]
-    val_x: torch.Tensor
-    val_y: torch.Tensor
     console: Console
     timings: dict[str, float] = field(default_factory=dict)
+    # The base is the caller's model object (edgeprune.compress), not buildable from spec.
+    base_is_object: bool = False
     # Where the channel search starts: the base without the residual blocks depth pruning
     # dropped (the base itself when none were). Group ids and removed channels refer to it.
     start: nn.Module = None  # type: ignore[assignment]
@@ -65,10 +60,9 @@ class RunContext:
         self.dropped, self.start, self.start_groups, self.cost = dropped, model, groups, cost
 
     def proxy_accuracy(self, model: nn.Module) -> float:
-        """Top-1 on the validation subset after adaptive BN re-estimation (EagleEye)."""
-        if self.bn_inputs:
-            reestimate_bn_(model, self.bn_inputs)
-        return evaluate(model, self.val_x, self.val_y, self.data.mean, self.data.std)
+        """The task's proxy (top-1 on the validation subset, or the user's metric) after
+        adaptive BN re-estimation (EagleEye)."""
+        return self.task.score(model)
 
 
 def rebuild(

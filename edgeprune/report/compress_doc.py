@@ -23,6 +23,10 @@ def _pp(before: Any, after: Any) -> str:
     return f"{100 * (after - before):+.2f} pp"
 
 
+def _diff(before: Any, after: Any) -> float | None:
+    return None if before is None or after is None else after - before
+
+
 def _scale(r: dict[str, Any]) -> tuple[float, float, str]:
     """Baseline and final latency on the report's one scale, and how it was measured."""
     sc = r.get("latency_scale")
@@ -73,9 +77,13 @@ def _results(r: dict[str, Any]) -> Table:
         change = fmt.speedup(bl[key] / fl[key]) + " faster" if fl[key] else fmt.MISSING
         rows.append((label, fmt.ms(bl[key]), fmt.ms(fl[key]), change))
     rows.append(("latency CoV", fmt.pct(bl.get("cov")), fmt.pct(fl.get("cov")), ""))
+    name, percent = fmt.metric_of(r)
     for split in ("val", "test"):
         ba, fa = b["accuracy"].get(split), f["accuracy"].get(split)
-        rows.append((f"{split} top-1", fmt.pct(ba), fmt.pct(fa), _pp(ba, fa)))
+        if ba is None and fa is None and name != "top-1":
+            continue
+        change = _pp(ba, fa) if percent else fmt.metric(_diff(ba, fa), False)
+        rows.append((f"{split} {name}", fmt.metric(ba, percent), fmt.metric(fa, percent), change))
     rows.append(
         (
             "MACs",
@@ -312,7 +320,7 @@ def _precisions(r: dict[str, Any]) -> list[Block]:
             str(p[name]["onnx"]),
             fmt.ms(p[name]["baseline_latency_ms"]),
             fmt.ms(p[name]["latency_ms"]),
-            f"{p[name]['top1']:.2f}%",
+            fmt.pct(None if p[name]["top1"] is None else p[name]["top1"] / 100),
         )
         for name in ("int8", "fp32")
     )
@@ -322,7 +330,7 @@ def _precisions(r: dict[str, Any]) -> list[Block]:
             f"The profile runs INT8 ({p['int8']['recipe']}): the search measured INT8 models "
             f"and the budget is judged on the INT8 export. INT8 runs "
             f"{fmt.speedup(p['int8_vs_fp32_speedup'])} FP32's speed (p50, interleaved); "
-            f"top-1 on the {p['split']} split."
+            + (f"top-1 on the {p['split']} split." if p.get("split") else "top-1 not measured.")
         ),
         Table(
             ("precision", "file", "baseline ms", "pruned ms", "pruned top-1"), rows, align="llrrr"

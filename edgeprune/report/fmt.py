@@ -92,3 +92,18 @@ def text(v: Any) -> str:
             "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else ", ".join(map(str, v))
         )
     return str(v)
+
+
+def metric_of(report: dict[str, Any]) -> tuple[str, bool]:
+    """The report's task metric: its name and whether it prints as a percentage
+    (``top-1``, True for classifiers; the user's name for :func:`edgeprune.compress`)."""
+    m = report.get("metric") or {}
+    return str(m.get("name") or "top-1"), bool(m.get("percent", True))
+
+
+def metric(v: Any, percent: bool) -> str:
+    """A task-metric value: a percentage (:func:`pct`) or 4 significant digits."""
+    if percent:
+        return pct(v)
+    f = _num(v)
+    return MISSING if f is None else f"{f:.4g}"

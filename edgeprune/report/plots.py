@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from edgeprune.report import fmt
+
 DPI = 100
 BUDGET_STYLE: dict[str, Any] = {"color": "crimson", "linestyle": "--", "linewidth": 1.2}
 # Cut latency axes at this quantile of all times: one 6 ms hiccup among 2,000 runs of
@@ -76,10 +78,12 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
     src = "LUT-predicted" if all(x.startswith("lut") for x in sources) else "predicted or measured"
     if "latency_scale" in report:
         src += ", rescaled to the end measurement"
+    name, percent = fmt.metric_of(report)
+    k = 100.0 if percent else 1.0
     fig, ax = plt.subplots(figsize=(8, 5))
     sc = ax.scatter(
         [c["latency_ms"] for c in cands],
-        [100 * c["accuracy"] for c in cands],
+        [k * c["accuracy"] for c in cands],
         c=[c.get("step") or 0 for c in cands],
         cmap="viridis",
         s=18,
@@ -87,7 +91,7 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
         label=f"candidates ({len(cands)}, {src} latency, val proxy acc.)",
     )
     fig.colorbar(sc, ax=ax, label="prune step", ticks=MaxNLocator(integer=True))
-    front = pareto_front([(c["latency_ms"], 100 * c["accuracy"]) for c in cands])
+    front = pareto_front([(c["latency_ms"], k * c["accuracy"]) for c in cands])
     ax.plot(
         *zip(*front, strict=True),
         color="black",
@@ -105,7 +109,7 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
             x = scale.get(f"{side}_ms", report[side]["latency"][prof]["p50_ms"])
             ax.scatter(
                 [x],
-                [100 * acc],
+                [k * acc],
                 marker=marker,
                 s=180,
                 color=color,
@@ -117,8 +121,8 @@ def accuracy_vs_latency(report: dict[str, Any]) -> bytes | None:
     if budget is not None:
         ax.axvline(budget, label=f"budget {budget:.3f} ms", **BUDGET_STYLE)
     ax.set_xlabel(f"latency on {prof} (ms, one scale: the final interleaved measurement)")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("Accuracy vs latency of every evaluated candidate")
+    ax.set_ylabel(f"validation {name}" + (" (%)" if percent else ""))
+    ax.set_title(f"{name} vs latency of every evaluated candidate")
     ax.grid(alpha=0.3)
     # Below the axes: inside, it covered the low-accuracy candidates of aggressive steps.
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
@@ -159,17 +163,17 @@ def latency_per_step(report: dict[str, Any]) -> bytes | None:
     ax.set_title("Latency per prune step (step 0 = baseline)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    name, percent = fmt.metric_of(report)
+    k = 100.0 if percent else 1.0
     for key, label in (
         ("proxy_accuracy_before_ft", "proxy acc. before fine-tune"),
         ("val_accuracy_after_ft", "val acc. after step fine-tune"),
     ):
         vals = [s.get(key) for s in steps]
         if any(v is not None for v in vals):
-            ax2.plot(
-                xs[1:], [None if v is None else 100 * v for v in vals], marker=".", label=label
-            )
+            ax2.plot(xs[1:], [None if v is None else k * v for v in vals], marker=".", label=label)
     ax2.set_xlabel("prune step")
-    ax2.set_ylabel("top-1 (%)")
+    ax2.set_ylabel(name + (" (%)" if percent else ""))
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     ax2.xaxis.get_major_locator().set_params(integer=True)

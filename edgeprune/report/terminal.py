@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
+from edgeprune.report import fmt
+
 COV_WARN = 0.025  # trtexec warns above 2.5 %
 
 
@@ -45,9 +47,10 @@ def compress_table(report: dict[str, Any]) -> Table:
     for col in ("", "baseline", "pruned", "change"):
         t.add_column(col, justify="right")
 
+    name, percent = fmt.metric_of(report)
+
     def acc(d: dict[str, Any], k: str) -> str:
-        v = d["accuracy"][k]
-        return "-" if v is None else f"{100 * v:.2f}%"
+        return fmt.metric(d["accuracy"].get(k), percent)
 
     scale = report.get("latency_scale")
     if scale:
@@ -67,6 +70,7 @@ def compress_table(report: dict[str, Any]) -> Table:
         f"{b['macs'] / max(f['macs'], 1):.2f}x fewer",
     )
     t.add_row("params", f"{b['params'] / 1e6:.3f}M", f"{f['params'] / 1e6:.3f}M", "")
-    t.add_row("val top-1", acc(b, "val"), acc(f, "val"), "")
-    t.add_row("test top-1", acc(b, "test"), acc(f, "test"), "")
+    t.add_row(f"val {name}", acc(b, "val"), acc(f, "val"), "")
+    if b["accuracy"].get("test") is not None or name == "top-1":
+        t.add_row(f"test {name}", acc(b, "test"), acc(f, "test"), "")
     return t

@@ -47,11 +47,12 @@ def test_class_ordered_imagefolder_gives_proxy_batches_of_every_class(tmp_path: 
     run = RunDir(tmp_path / "run")
     run.start(cfg)
     ctx = _setup(cfg, run, Console(stderr=True))
-    data = ctx.data
-    assert len(ctx.bn_inputs) == 2 and all(b.shape[0] == 64 for b in ctx.bn_inputs)
-    assert set(ctx.val_y.tolist()) == set(range(len(CLASSES)))
-    assert torch.bincount(ctx.val_y).min() >= 50 // len(CLASSES)
-    for labels in ctx.taylor_labels:
+    task = ctx.task
+    data = task.data
+    assert len(task.bn_inputs) == 2 and all(b.shape[0] == 64 for b in task.bn_inputs)
+    assert set(task.val_y.tolist()) == set(range(len(CLASSES)))
+    assert torch.bincount(task.val_y).min() >= 50 // len(CLASSES)
+    for labels in task.taylor_labels:
         assert labels.unique().numel() == len(CLASSES)
     # the BN batches are built from this draw, in this order
     idx = stratified_draw(data.train_y, 64 * 2, cfg.seed)

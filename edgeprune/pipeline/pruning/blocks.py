@@ -118,7 +118,7 @@ def _is_identity_when_zeroed(model: nn.Module, name: str, last: str, inp: torch.
         out = block(inp)
     except Exception:
         return False
-    if not isinstance(out, torch.Tensor) or out.shape != inp.shape:
+    if not isinstance(out, torch.Tensor) or out.shape != inp.shape:  # a block maps a tensor
         return False
     scale = max(float(inp.abs().max()), 1e-12)
     return float((out - inp).abs().max()) <= _PROBE_RTOL * scale

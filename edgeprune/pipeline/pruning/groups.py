@@ -31,7 +31,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.errors import PruningError
+from edgeprune.errors import EdgepruneError, PruningError
+from edgeprune.outputs import output_shapes
 from edgeprune.pipeline.pruning.surgery import MemberOp, find_unsafe_groups, reached_layers
 
 __all__ = ["GroupInfo", "GroupSet", "MemberOp", "build_groups", "count_macs_params"]
@@ -92,7 +93,8 @@ class GroupSet:
     Attributes:
         groups: Every group, frozen ones included, ordered by id.
         input_shape: Shape of the example input the groups were traced with.
-        output_shape: Shape of the model output for that input.
+        output_shapes: Shape of every model output tensor for that input (one for a
+            classifier; a detector's heads or a dict of maps give several).
         macs: MACs of the unpruned model for ``input_shape``.
         params: Parameters of the unpruned model.
         model_class: Class name of the model, for messages.
@@ -101,7 +103,7 @@ class GroupSet:
 
     groups: tuple[GroupInfo, ...]
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
     macs: int
     params: int
     model_class: str
@@ -185,11 +187,10 @@ def build_groups(
             f"{name} does not run on an input of shape {tuple(x.shape)}: {exc} — "
             "pass an example input the model accepts"
         ) from exc
-    if not isinstance(out, torch.Tensor):
-        raise PruningError(
-            f"{name} returns a {type(out).__name__}; the pruning engine needs a model that "
-            "returns one tensor — wrap it so forward returns the logits"
-        )
+    try:
+        output_shapes(out)
+    except EdgepruneError as exc:
+        raise PruningError(f"{name}: {exc}") from exc
     _check_static_control_flow(work, x, first_calls, name)
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(work, x, verbose=False)
@@ -223,7 +224,7 @@ def build_groups(
     return GroupSet(
         groups=tuple(infos),
         input_shape=tuple(x.shape),
-        output_shape=tuple(out.shape),
+        output_shapes=output_shapes(out),
         macs=macs,
         params=params,
         model_class=name,
@@ -265,7 +266,7 @@ def _trace_groups(
             dep, node = item.dep, item.dep.target
             is_out = graph.is_out_channel_pruning_fn(dep.handler)
             if is_out and not node.outputs:
-                reasons.append("produces the model output (classifier)")
+                reasons.append("produces a model output (classifier or head)")
             if isinstance(node.module, nn.Parameter):
                 layer = graph._param_to_name.get(node.module, "?")
             elif node.module in module_names:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import PruningError
+from edgeprune.outputs import output_shapes
 from edgeprune.pipeline.pruning.importance import get_importance
 from edgeprune.pipeline.pruning.surgery import RemovedMap, apply_removed_
 
@@ -122,16 +123,16 @@ def apply_removed(
         try:
             with torch.no_grad():
                 out = new(x)
-            shape = tuple(out.shape)
+            shape = output_shapes(out)
         except Exception as exc:
             raise PruningError(
                 f"pruned {groups.model_class} no longer runs ({type(exc).__name__}: {exc}) — "
                 "a group was not traced correctly; pass its layers in ignored_layers"
             ) from exc
-        if shape != groups.output_shape:
+        if shape != groups.output_shapes:
             raise PruningError(
-                f"pruned {groups.model_class} returns shape {shape}, expected "
-                f"{groups.output_shape} — pass the output layer in ignored_layers"
+                f"pruned {groups.model_class} returns shapes {list(shape)}, expected "
+                f"{list(groups.output_shapes)} — pass the output layers in ignored_layers"
             )
     return new
 

@@ -43,6 +43,7 @@ def save_pruned(
     plan: PruningPlan,
     removed: Mapping[int, Sequence[int]],
     dropped: Sequence[str] = (),
+    base: nn.Module | None = None,
 ) -> Path:
     """Write ``spec.json`` and ``weights.pt`` for a pruned model (each file atomically).
 
@@ -54,6 +55,8 @@ def save_pruned(
         plan: The plan applied.
         removed: Group id -> removed channel indices (``PruneResult.removed``).
         dropped: Residual blocks replaced by the identity before the channels were cut.
+        base: The unpruned model, when ``spec`` cannot build it (a model object given to
+            :func:`edgeprune.compress`); load with ``load_pruned(directory, base=...)``.
 
     Returns:
         The directory.
@@ -62,7 +65,8 @@ def save_pruned(
         PruningError: ``model`` is not what replaying ``removed`` on ``spec`` gives.
     """
     directory = Path(directory)
-    replay = apply_removed(drop_blocks(spec.build(), dropped), groups, removed, verify=False)
+    source = spec.build() if base is None else base
+    replay = apply_removed(drop_blocks(source, dropped), groups, removed, verify=False)
     _check_state_fits(replay, model.state_dict(), "the model to save")
     entries = [
         {"id": gid, "name": groups[gid].name, "width": groups[gid].width, "removed": sorted(idx)}
@@ -74,6 +78,7 @@ def save_pruned(
     meta = {
         "format": FORMAT_VERSION,
         "model": spec.to_dict(),
+        "base": "spec" if base is None else "object",
         "input_shape": list(groups.input_shape),
         "ignored_layers": list(groups.ignored_layers),
         "dropped_blocks": list(dropped),
@@ -114,8 +119,12 @@ def read_pruned_spec(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_pruned(directory: str | Path) -> nn.Module:
+def load_pruned(directory: str | Path, base: nn.Module | None = None) -> nn.Module:
     """Rebuild a pruned model saved by :func:`save_pruned` (eval mode).
+
+    ``base``: the unpruned model the removals are replayed on (not modified); needed when
+    the save came from a model object (``spec.json`` ``"base": "object"``), else built
+    from the spec.
 
     Raises:
         PruningError: Missing or corrupt files, or a saved plan that no longer fits the base
@@ -125,7 +134,13 @@ def load_pruned(directory: str | Path) -> nn.Module:
     meta = read_pruned_spec(directory)
     try:
         spec = ModelSpec.from_dict(meta["model"])
-        base = drop_blocks(spec.build(), [str(n) for n in meta.get("dropped_blocks", ())])
+        if base is None and meta.get("base") == "object":
+            raise PruningError(
+                f"{directory} was pruned from a model object; pass it: "
+                "load_pruned(directory, base=your_unpruned_model)"
+            )
+        source = spec.build() if base is None else base
+        base = drop_blocks(source, [str(n) for n in meta.get("dropped_blocks", ())])
         input_shape = tuple(int(d) for d in meta["input_shape"])
         removed = {int(e["id"]): [int(i) for i in e["removed"]] for e in meta["removed"]}
         names = {int(e["id"]): (str(e["name"]), int(e["width"])) for e in meta["removed"]}

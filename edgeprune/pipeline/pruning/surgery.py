@@ -13,6 +13,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from edgeprune.outputs import relative_max_diff
+
 __all__ = [
     "MemberOp",
     "RemovedMap",
@@ -198,10 +200,11 @@ def forward_probe(
         except Exception as exc:
             first = str(exc).strip().splitlines()
             return f"forward fails ({type(exc).__name__}: {first[0][:200] if first else ''})"
-    if out.shape != ref.shape:
-        return f"output shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    err = (out - ref).abs().max().item()
-    tol = rtol * ref.abs().max().item()
+    diff = relative_max_diff(ref, out)
+    if isinstance(diff, str):
+        return diff
+    err, scale = diff
+    tol = rtol * scale
     if not err <= tol:
         return f"output changes by {err:.3g} (more than zeroing the channels does)"
     return None

@@ -26,14 +26,11 @@ says it pays.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from edgeprune.calibration.bn import reestimate_bn_
-from edgeprune.pipeline.finetune import distill_
 from edgeprune.pipeline.pruning.blocks import BlockInfo, drop_blocks, find_blocks
 from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
 from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid
@@ -148,8 +145,7 @@ def choose_depth(
     cfg = ctx.config
     limit = cfg.search.depth_max_blocks
     order = order[: limit if limit is not None else None]
-    n_train = int(ctx.data.train_x.shape[0])
-    epochs = min(1.0, cfg.search.depth_recovery_images / n_train) if n_train else 0.0
+    epochs = ctx.task.epochs_for(cfg.search.depth_recovery_images)
     choice.recovery_epochs = epochs
     best: tuple[float, int] | None = None
     for n in option_counts(len(order), ctx.config.search.depth_options):
@@ -166,9 +162,8 @@ def choose_depth(
         keep = solve_knapsack(task.with_raw_scores())
         pruned = prune(r.model, r.groups, PruningPlan(keep=keep), importance, verify=False).model
         if epochs > 0:  # a short recovery first: depth and width recover differently
-            if ctx.bn_inputs:
-                reestimate_bn_(pruned, ctx.bn_inputs)
-            distill_(pruned, ctx.base, ctx.data, cfg.finetune, epochs, seed=cfg.seed + 20_000)
+            ctx.task.reestimate_bn(pruned)
+            ctx.task.recover(pruned, ctx.base, epochs, seed=cfg.seed + 20_000)
         acc = ctx.proxy_accuracy(pruned)
         choice.options.append(
             {**row, "reachable": True, "predicted_ms": r.cost.predict(keep), "proxy_accuracy": acc}
@@ -182,8 +177,7 @@ def choose_depth(
     width = next((o for o in choice.options if o["blocks"] == 0 and o["reachable"]), None)
     if best is not None and width is not None and best[1] > 0:
         p = width["proxy_accuracy"]
-        se = math.sqrt(max(p * (1 - p), 1e-12) / max(int(ctx.val_y.shape[0]), 1))
-        if best[0] - p <= se:
+        if best[0] - p <= ctx.task.score_se(p):
             choice.dropped = ()
     return choice
 

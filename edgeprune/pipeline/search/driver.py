@@ -20,9 +20,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.errors import SearchError
-from edgeprune.pipeline.finetune import distill_
 from edgeprune.pipeline.pruning.groups import GroupSet, build_groups, count_macs_params
 from edgeprune.pipeline.pruning.importance import TaylorImportance, get_importance
 from edgeprune.pipeline.pruning.plan import PruningPlan
@@ -67,7 +65,7 @@ def _importance(ctx: RunContext) -> Any:
     name = ctx.config.search.criterion
     if name != "taylor":
         return get_importance(name)
-    return TaylorImportance(lambda: zip(ctx.taylor_inputs, ctx.taylor_labels, strict=True))
+    return TaylorImportance(ctx.task.importance_batches)
 
 
 def _check_same_groups(base: GroupSet, now: GroupSet) -> None:
@@ -380,8 +378,7 @@ def _one_step(
         scored = seen.get(tuple(sorted(keep.items())))
         if scored is not None:  # scored this step: reuse (pruning and BN are deterministic)
             out = scored[0]
-            if ctx.bn_inputs:  # the scored BN state, without evaluating again
-                reestimate_bn_(new, ctx.bn_inputs)
+            ctx.task.reestimate_bn(new)  # the scored BN state, without evaluating again
             acc, macs, params = out.accuracy, out.macs, out.params
         else:
             acc = ctx.proxy_accuracy(new)
@@ -397,9 +394,7 @@ def _one_step(
     ft = None
     kd_epochs = st.kd_epochs
     if cfg.finetune.step_epochs > 0:
-        ft = distill_(
-            new, ctx.base, ctx.data, cfg.finetune, cfg.finetune.step_epochs, seed=cfg.seed + step
-        )
+        ft = ctx.task.recover(new, ctx.base, cfg.finetune.step_epochs, seed=cfg.seed + step)
         kd_epochs += cfg.finetune.step_epochs
     latency_ms = measured if goal.kind == "latency" else _measure_latency(ctx, new, st)
     survivors = dict(st.survivors)
@@ -425,7 +420,7 @@ def _one_step(
             {"predicted": t["predicted"], "measured": t["measured"]} for t in tries
         ),
         proxy_accuracy_before_ft=acc,
-        val_accuracy_after_ft=None if ft is None else ft.best_val_acc,
+        val_accuracy_after_ft=ft,
         proxy_accuracy_after_ft=accuracy,
         predicted_ms=predicted if goal.kind == "latency" else None,
         latency_ms=latency_ms,

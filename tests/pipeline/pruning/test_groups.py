@@ -33,7 +33,7 @@ def test_tiny_groups_members_widths_and_classifier_frozen() -> None:
     assert [g.name for g in groups.prunable] == ["stem.0", "down.0"]
     assert all(0 < g.macs_share <= 1 for g in groups.prunable)
     assert (groups.macs, groups.params) == count_macs_params(model, X)
-    assert groups.output_shape == (1, 10)
+    assert groups.output_shapes == ((1, 10),)
 
 
 def test_ids_are_deterministic_across_builds_and_copies() -> None:
@@ -101,16 +101,16 @@ def test_branch_on_input_sign_is_refused() -> None:
         build_groups(_BranchOnInput(), torch.ones(1, 3, 32, 32))
 
 
-class _TupleOut(TinyConvNet):
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        return super().forward(x), x
+class _OddOut(TinyConvNet):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:  # type: ignore[override]
+        return super().forward(x), "meta"
 
 
 def test_bad_models_and_inputs_raise_one_clear_error() -> None:
     with pytest.raises(PruningError, match="does not run on an input of shape"):
         build_groups(TinyConvNet(), torch.randn(1, 1, 32, 32))
-    with pytest.raises(PruningError, match="returns a tuple"):
-        build_groups(_TupleOut(), X)
+    with pytest.raises(PruningError, match="output holds a str"):
+        build_groups(_OddOut(), X)
 
 
 def test_prune_refuses_a_model_that_does_not_match_its_groups() -> None:
