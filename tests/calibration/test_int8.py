@@ -87,7 +87,12 @@ def test_reader_caps_and_rejects_bad_data(digits: DataSplits) -> None:
     reader = CalibrationReader(small, digits.mean, digits.std, "input", 1000, batch=1)
     assert reader.n_samples == 10
     with pytest.raises(DataError, match="uint8"):
-        CalibrationReader(small.float(), digits.mean, digits.std, "input", 5)
+        CalibrationReader(small.double(), digits.mean, digits.std, "input", 5)
+    # float32 are model inputs, normalised already (a user's own pipeline): fed as they are
+    inputs = torch.randn(6, 3, 8, 8)
+    fed = CalibrationReader(inputs, (), (), "input", 4, batch=2, seed=1)
+    got = np.concatenate([fed.get_next()["input"] for _ in range(2)])
+    np.testing.assert_array_equal(got, inputs[torch.from_numpy(fed.indices)].numpy())
     with pytest.raises(DataError, match="at least one batch"):
         CalibrationReader(small, digits.mean, digits.std, "input", 5, batch=8)
 
