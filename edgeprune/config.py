@@ -34,6 +34,16 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     limit: int | None = Field(None, ge=10, description="cap on training images (smoke runs)")
     seed: int = 0
+    loader: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: decode the set into one tensor (cached); stream: read an "
+        "ImageFolder per batch with DataLoader workers; auto: stream when the decoded set "
+        "would exceed memory_limit_mb",
+    )
+    workers: int = Field(2, ge=0, description="DataLoader worker processes when streaming")
+    memory_limit_mb: float = Field(
+        4096, gt=0, description="auto streams sets whose decoded images exceed this"
+    )
 
 
 class GoalConfig(_Section):

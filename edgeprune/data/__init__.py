@@ -1,5 +1,7 @@
 """Image-classification data: sources, the decoded-tensor cache, splits and batching.
 
+``open_data`` picks between decoding a set into memory (``load_data``) and streaming an
+ImageFolder from disk per batch (:mod:`edgeprune.data.streaming`), by size.
 ``load_data(source)`` accepts ``"digits"`` (scikit-learn's bundled digits, the embedded
 default), an ImageFolder directory, a CIFAR-10/100 python-batch directory, an ``.npz`` file,
 or a ``.tar``/``.tar.gz`` archive of any of these directories.
@@ -41,15 +43,18 @@ from edgeprune.data.splits import (
     stratified_draw,
     stratified_split,
 )
+from edgeprune.data.streaming import StreamingSplits, decoded_bytes, load_streaming
 from edgeprune.errors import DataError
 
 __all__ = [
     "DataSplits",
+    "StreamingSplits",
     "augment_batch",
     "extract_archive",
     "iterate_batches",
     "load_data",
     "normalize",
+    "open_data",
     "stratified_draw",
 ]
 
@@ -186,3 +191,62 @@ def _cached(path: Path, decode: Callable[[], RawData]) -> RawData:
         raw = dataclasses.replace(raw, train_moments=image_moments(raw.train_x))
         save_cached(path, raw)
     return raw
+
+
+def open_data(
+    source: str | Path = "digits",
+    *,
+    image_size: int = 32,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+    loader: str = "auto",
+    workers: int = 2,
+    memory_limit_mb: float = 4096,
+    cache_dir: Path | None = None,
+) -> DataSplits | StreamingSplits:
+    """The data of a run: decoded into memory, or an ImageFolder streamed from disk.
+
+    ``loader="auto"`` streams an ImageFolder (a directory, or an archive once extracted)
+    whose images decoded at ``image_size`` would take more than ``memory_limit_mb``;
+    ``memory`` always decodes (:func:`load_data`, with its tensor cache); ``stream`` always
+    streams (ImageFolder only). The split is the same either way.
+
+    Raises:
+        DataError: see :func:`load_data`; ``stream`` on a source that is no ImageFolder.
+    """
+    if loader not in ("auto", "memory", "stream"):
+        raise DataError(f"data.loader '{loader}' is not one of auto, memory, stream")
+    tree: Path | None = None
+    if loader != "memory" and source != "digits":
+        path = Path(source).expanduser()
+        if path.exists() and is_archive(path):
+            path = extract_archive(path, cache_dir)
+        if path.is_dir() and is_imagefolder(path):
+            tree = path
+    if loader == "stream" and tree is None:
+        raise DataError(
+            f"data.loader=stream reads ImageFolder trees; {source} is not one — use "
+            "data.loader=memory (or auto)"
+        )
+    if tree is not None and loader == "auto":
+        n = len(scan_imagefolder(tree).paths)
+        if decoded_bytes(n, image_size) <= memory_limit_mb * 2**20:
+            tree = None
+    if tree is None:
+        return load_data(
+            source,
+            image_size=image_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            cache_dir=cache_dir,
+            limit=limit,
+        )
+    return load_streaming(
+        tree,
+        image_size=image_size,
+        val_fraction=val_fraction,
+        seed=seed,
+        limit=limit,
+        workers=workers,
+    )

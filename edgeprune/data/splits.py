@@ -60,6 +60,20 @@ class DataSplits:
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
 
+    streaming = False
+
+    def size(self, split: str) -> int:
+        """Images in ``split`` (``train``, ``val`` or ``test``)."""
+        return int(self.labels(split).shape[0])
+
+    def labels(self, split: str) -> torch.Tensor:
+        """Labels of ``split``."""
+        return {"train": self.train_y, "val": self.val_y, "test": self.test_y}[split]
+
+    def take(self, split: str, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images at ``idx`` of ``split`` (what a streamed set decodes on demand)."""
+        return {"train": self.train_x, "val": self.val_x, "test": self.test_x}[split][idx]
+
     @property
     def has_test(self) -> bool:
         """Whether the source came with a test split (final accuracy needs one)."""

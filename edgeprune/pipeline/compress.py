@@ -20,7 +20,7 @@ from rich.console import Console
 from torch import nn
 
 from edgeprune.config import RunConfig
-from edgeprune.data import DataSplits, load_data
+from edgeprune.data import DataSplits, StreamingSplits, open_data
 from edgeprune.errors import SearchError
 from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import ModelSpec, load_model
@@ -111,13 +111,17 @@ def _setup(
     if not fits:
         console.print(f"[bold yellow]warning:[/] {why}", soft_wrap=True)
     if task is None:
-        data = load_data(
+        data = open_data(
             config.data.source,
+            image_size=int(profile.input_shape[-1]),
             val_fraction=config.data.val_fraction,
             seed=config.data.seed,
             limit=config.data.limit,
+            loader=config.data.loader,
+            workers=config.data.workers,
+            memory_limit_mb=config.data.memory_limit_mb,
         )
-        if data.val_x.shape[0] == 0:
+        if data.size("val") == 0:
             raise SearchError(
                 f"data '{config.data.source}' gave no validation images; the search scores "
                 "candidates on a validation split — raise data.val_fraction or add images"
@@ -196,7 +200,11 @@ def _cost_model(
 
 
 def _baseline(
-    config: RunConfig, run: RunDir, data: DataSplits, spec: ModelSpec, console: Console
+    config: RunConfig,
+    run: RunDir,
+    data: DataSplits | StreamingSplits,
+    spec: ModelSpec,
+    console: Console,
 ) -> nn.Module:
     """The unpruned model: the user's weights, or a baseline trained once into the run dir."""
     weights = config.model.weights

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.config import FinetuneConfig
-from edgeprune.data import DataSplits
-from edgeprune.pipeline.train import TrainResult, run_epochs
+from edgeprune.pipeline.train import Data, TrainResult, run_epochs
 
 
 def kd_loss(
@@ -41,7 +40,7 @@ def kd_loss(
 def distill_(
     student: nn.Module,
     teacher: nn.Module,
-    data: DataSplits,
+    data: Data,
     cfg: FinetuneConfig,
     epochs: float,
     *,

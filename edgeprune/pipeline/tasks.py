@@ -21,6 +21,7 @@ from torch import nn
 from edgeprune.calibration.bn import reestimate_bn_
 from edgeprune.config import FinetuneConfig, RunConfig
 from edgeprune.data import DataSplits, iterate_batches, stratified_draw
+from edgeprune.data.streaming import StreamingSplits
 from edgeprune.errors import SearchError
 
 __all__ = ["CallbackTask", "ClassifierTask", "Task", "calibration_batches"]
@@ -102,7 +103,7 @@ class ClassifierTask(Task):
     validation subset are seeded, stratified draws (the splits may be class-sorted).
     """
 
-    data: DataSplits
+    data: DataSplits | StreamingSplits
     finetune: FinetuneConfig
     bn_inputs: list[torch.Tensor]
     taylor_inputs: list[torch.Tensor]
@@ -111,16 +112,18 @@ class ClassifierTask(Task):
     val_y: torch.Tensor
     metric: str = "top-1"
     percent: bool = True
+    _decoded: DataSplits | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def from_config(cls, data: DataSplits, config: RunConfig) -> ClassifierTask:
+    def from_config(cls, data: DataSplits | StreamingSplits, config: RunConfig) -> ClassifierTask:
+        """The proxy's subsets (decoded into memory even when ``data`` streams)."""
         seed, search = config.seed, config.search
         bn_idx = stratified_draw(data.train_y, 64 * search.bn_batches, seed)
         bn_inputs = _augmented_batches(data, bn_idx, seed) if search.bn_batches else []
         taylor_idx = stratified_draw(data.train_y, 64 * max(search.bn_batches, 2), seed + 1)
         taylor = list(
             iterate_batches(
-                data.train_x[taylor_idx], data.train_y[taylor_idx], 64, shuffle=False,
+                data.take("train", taylor_idx), data.train_y[taylor_idx], 64, shuffle=False,
                 augment=False, generator=None, mean=data.mean, std=data.std,
             )
         )  # fmt: skip
@@ -131,7 +134,7 @@ class ClassifierTask(Task):
             bn_inputs=bn_inputs,
             taylor_inputs=[x for x, _ in taylor],
             taylor_labels=[y for _, y in taylor],
-            val_x=data.val_x[val_idx],
+            val_x=data.take("val", val_idx),
             val_y=data.val_y[val_idx],
         )
 
@@ -171,40 +174,53 @@ class ClassifierTask(Task):
         return None if result is None else result.best_val_acc
 
     def epochs_for(self, images: int) -> float:
-        n_train = int(self.data.train_x.shape[0])
+        n_train = self.data.size("train")
         return min(1.0, images / n_train) if n_train else 0.0
 
     def importance_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return zip(self.taylor_inputs, self.taylor_labels, strict=True)
 
     def final_metrics(self, model: nn.Module) -> dict[str, float | None]:
-        from edgeprune.pipeline.train import evaluate
+        from edgeprune.pipeline.train import evaluate_split
 
         d = self.data
-        test = evaluate(model, d.test_x, d.test_y, d.mean, d.std) if d.test_x.shape[0] else None
-        return {"val": evaluate(model, d.val_x, d.val_y, d.mean, d.std), "test": test}
+        test = evaluate_split(model, d, "test") if d.size("test") else None
+        return {"val": evaluate_split(model, d, "val"), "test": test}
+
+    def _memory(self) -> DataSplits:
+        # INT8 calibration and its ONNX accuracy check run on decoded images: a streamed
+        # set lends a seeded, class-balanced draw (up to 2,000 images per split).
+        if not isinstance(self.data, StreamingSplits):
+            return self.data
+        if self._decoded is None:
+            self._decoded = self.data.in_memory(2000, seed=0)
+        return self._decoded
 
     def int8_calibration(self) -> Any:
-        return self.data
+        return self._memory()
 
     def int8_accuracy(self, fp32: Any, int8: Any, profile: Any) -> dict[str, Any] | None:
         from edgeprune.calibration.int8 import compare_int8
 
-        split = "test" if self.data.test_x.shape[0] else "val"
-        return {"split": split, **compare_int8(fp32, int8, self.data, profile, split=split)}
+        data = self._memory()
+        split = "test" if data.size("test") else "val"
+        return {"split": split, **compare_int8(fp32, int8, data, profile, split=split)}
 
     def summary(self) -> dict[str, Any]:
         d = self.data
         return {
             "name": d.name,
             "classes": len(d.classes),
-            "train": int(d.train_x.shape[0]),
-            "val": int(d.val_x.shape[0]),
-            "test": int(d.test_x.shape[0]),
+            "train": d.size("train"),
+            "val": d.size("val"),
+            "test": d.size("test"),
+            "loader": "stream" if d.streaming else "memory",
         }
 
 
-def _augmented_batches(data: DataSplits, idx: torch.Tensor, seed: int) -> list[torch.Tensor]:
+def _augmented_batches(
+    data: DataSplits | StreamingSplits, idx: torch.Tensor, seed: int
+) -> list[torch.Tensor]:
     """BN re-estimation batches, augmented like training (seeded, so every candidate sees
     the same ones). The baseline's BN statistics were gathered on augmented images: on the
     shared CIFAR-10 resnet20, re-estimating on 256 plain images cost 4.1 points of proxy
@@ -214,7 +230,7 @@ def _augmented_batches(data: DataSplits, idx: torch.Tensor, seed: int) -> list[t
     return [
         x
         for x, _ in iterate_batches(
-            data.train_x[idx], data.train_y[idx], 64, shuffle=False, augment=True,
+            data.take("train", idx), data.train_y[idx], 64, shuffle=False, augment=True,
             generator=gen, mean=data.mean, std=data.std, flip=data.hflip_ok,
         )
     ]  # fmt: skip

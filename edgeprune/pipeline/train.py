@@ -23,12 +23,15 @@ from torch import nn
 
 from edgeprune._io import atomic_torch_save
 from edgeprune.data import DataSplits, iterate_batches
+from edgeprune.data.streaming import StreamingSplits
 from edgeprune.errors import DataError, EdgepruneError
 
 #: ``loss_fn(model, images, labels)`` -> ``loss`` or ``(loss, logits)``; logits feed train_acc.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 #: Called after each epoch with that epoch's history row.
 EpochCallback = Callable[[dict[str, Any]], None]
+# Training data: decoded in memory, or streamed from an ImageFolder per batch.
+Data = DataSplits | StreamingSplits
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,39 @@ def evaluate(
     return correct / x.shape[0]
 
 
+def evaluate_split(model: nn.Module, data: Data, split: str) -> float:
+    """Top-1 of ``model`` on a whole split, in memory or streamed from disk."""
+    if isinstance(data, StreamingSplits):
+        return data.evaluate(model, split)
+    x, y = {"val": (data.val_x, data.val_y), "test": (data.test_x, data.test_y)}.get(
+        split, (data.train_x, data.train_y)
+    )
+    return evaluate(model, x, y, data.mean, data.std)
+
+
+def train_batches(
+    data: Data,
+    batch_size: int,
+    *,
+    augment: bool,
+    generator: torch.Generator,
+    flip: bool,
+    drop_last: bool,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented training batches (in memory or streamed)."""
+    if isinstance(data, StreamingSplits):
+        return data.batches(
+            "train", batch_size, shuffle=True, augment=augment, generator=generator,
+            flip=flip, drop_last=drop_last, device=device,
+        )  # fmt: skip
+    return iterate_batches(
+        data.train_x, data.train_y, batch_size, shuffle=True, augment=augment,
+        generator=generator, mean=data.mean, std=data.std, flip=flip, drop_last=drop_last,
+        device=device,
+    )  # fmt: skip
+
+
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
     """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine."""
     if step < warmup_steps:
@@ -178,7 +214,7 @@ def _train_epoch(
 
 def run_epochs(
     model: nn.Module,
-    data: DataSplits,
+    data: Data,
     loss_fn: LossFn,
     *,
     epochs: float,
@@ -234,7 +270,7 @@ def run_epochs(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = _device_of(model)
-    n_train = data.train_x.shape[0]
+    n_train = data.size("train")
     drop_last = n_train > batch_size
     steps_per_epoch = n_train // batch_size if drop_last else 1
     # Fractional epochs (KD recovery between prune steps) stop part-way through the last one.
@@ -255,9 +291,8 @@ def run_epochs(
             task = bar.add_task(description, total=total_steps, loss="-", val="-")
             for epoch in range(1, n_epochs + 1):
                 epoch_start = time.perf_counter()
-                batches = iterate_batches(
-                    data.train_x, data.train_y, batch_size, shuffle=True, augment=augment,
-                    generator=generator, mean=data.mean, std=data.std, flip=flip,
+                batches = train_batches(
+                    data, batch_size, augment=augment, generator=generator, flip=flip,
                     drop_last=drop_last, device=device,
                 )  # fmt: skip
                 first_step = (epoch - 1) * steps_per_epoch
@@ -273,7 +308,7 @@ def run_epochs(
                         f"{description}: loss became {mean_loss} in epoch {epoch} — lower lr "
                         f"(now {lr}) or check the data"
                     )
-                val_acc = evaluate(model, data.val_x, data.val_y, data.mean, data.std)
+                val_acc = evaluate_split(model, data, "val")
                 if val_acc > best_acc:
                     best_acc, best_epoch = val_acc, epoch
                     best_state = {
@@ -319,7 +354,7 @@ def run_epochs(
 
 def train(
     model: nn.Module,
-    data: DataSplits,
+    data: Data,
     *,
     epochs: int,
     lr: float = 0.1,
