@@ -75,6 +75,7 @@ def compress(
     speedup: float | None = None,
     out: str | Path = "runs/compress",
     ignored_layers: Sequence[str] | None = None,
+    min_keep: Mapping[str, float] | None = None,
     metric: str = "metric",
     metric_percent: bool = False,
     metric_se: float = 0.0,
@@ -107,6 +108,8 @@ def compress(
         speedup: Or a speed-up over the baseline measured at the start (default 2).
         out: Run directory (must be new unless ``resume``).
         ignored_layers: Layers whose output channels are never pruned.
+        min_keep: Per-layer limits: layer name -> fraction (0, 1] of its output channels
+            always kept.
         metric: The metric's name in reports (``mAP``, ``mIoU``).
         metric_percent: Report the metric as a percentage (it is a fraction in [0, 1]).
         metric_se: One standard error of ``evaluate``; depth pruning must beat channels
@@ -139,6 +142,7 @@ def compress(
         budget_ms=budget_ms,
         speedup=speedup,
         ignored_layers=ignored_layers,
+        min_keep=min_keep,
         settings=settings,
         callbacks=evaluate is not None,
     )
@@ -185,6 +189,7 @@ def _config(
     budget_ms: float | None,
     speedup: float | None,
     ignored_layers: Sequence[str] | None,
+    min_keep: Mapping[str, float] | None,
     settings: Mapping[str, Any] | None,
     callbacks: bool,
 ) -> RunConfig:
@@ -227,6 +232,11 @@ def _config(
         raw["goal"].update(sparsity=None, flops_ratio=None)
     if ignored_layers is not None:
         raw["search"]["ignored_layers"] = list(ignored_layers)
+    if min_keep is not None:
+        raw["search"]["min_keep"] = dict(min_keep)
+    goals = ("goal.budget_ms", "goal.speedup", "goal.sparsity", "goal.flops_ratio")
+    if any(k in goals and v is not None for k, v in (settings or {}).items()):
+        raw["goal"].update({g.split(".")[1]: None for g in goals})  # a goal replaces the goal
     for key, value in (settings or {}).items():
         set_field(raw, key, value, where=f"settings[{key!r}]")
     cfg = RunConfig.validate_dict(raw, where="edgeprune.compress arguments")

@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--image-size", type=int, default=None, help="image side (default: the model's, 32/224)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="best weights (.pt state_dict)")
 
@@ -120,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("name", nargs="?")
 
-    p = sub.add_parser("models", help="list the built-in model zoo")
+    p = sub.add_parser("models", help="list the built-in model zoo (and each input size)")
 
     p = sub.add_parser("report", help="re-render report.md/html from a run's report.json")
     p.add_argument("run_dir", type=Path)

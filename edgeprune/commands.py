@@ -59,10 +59,11 @@ def run_profiles(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from edgeprune.models import model_names
+    from edgeprune.models import model_names, native_size
 
     for name in model_names():
-        out.print(name)
+        side = native_size(name)
+        out.print(f"{name:<18} {side}x{side}")
     return 0
 
 
@@ -74,9 +75,12 @@ def _load_user_model(args: argparse.Namespace, num_classes: int):  # type: ignor
 
 def run_train(args: argparse.Namespace) -> int:
     from edgeprune.data import load_data
+    from edgeprune.models import native_size
     from edgeprune.pipeline.train import train
 
-    data = load_data(args.data, seed=args.seed)
+    data = load_data(
+        args.data, image_size=args.image_size or native_size(args.model), seed=args.seed
+    )
     model = _load_user_model(args, args.num_classes or data.num_classes)
     result = train(
         model,

@@ -113,6 +113,11 @@ class SearchConfig(_Section):
     ignored_layers: list[str] = Field(
         default_factory=list, description="layers whose output channels are never pruned"
     )
+    min_keep: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-layer limits: layer name -> fraction (0, 1] of its output channels "
+        "always kept (the group producing them never goes narrower)",
+    )
     channel_multiple: int | None = Field(
         None, ge=1, description="None: from the profile, or discovered by the latency LUT"
     )
@@ -125,6 +130,14 @@ class SearchConfig(_Section):
         description="depth pruning for latency goals: 'auto' weighs dropping residual blocks "
         "(replaced by their shortcut) against channels alone, by proxy accuracy at the goal",
     )
+
+    @field_validator("min_keep")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: f for k, f in v.items() if not 0 < f <= 1}
+        if bad:
+            raise ValueError(f"min_keep fractions must be in (0, 1], got {bad}")
+        return v
 
     @field_validator("depth", mode="before")
     @classmethod

@@ -144,3 +144,38 @@ def test_an_evaluate_that_returns_no_number_is_named(tmp_path: Path) -> None:
             out=tmp_path / "run",
             settings=FAST,
         )
+
+
+def test_a_classifier_with_data_and_per_layer_limits(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyConvNet(width=32)
+    settings = {**FAST, "data.limit": 400, "search.val_subset": 60, "search.depth": "off"}
+    result = edgeprune.compress(
+        model,
+        data="digits",
+        min_keep={"down.0": 0.5},  # unlimited, this MACs goal cuts down.0 to 16 of 64
+        out=tmp_path / "run",
+        settings={**settings, "goal.flops_ratio": 0.8},
+    )
+    rows = {r["name"]: r for r in result.report["channels"]}
+    assert rows["down.0"]["after"] >= 32
+    assert result.report["metric"] == {"name": "top-1", "percent": True}
+    assert result.report["final"]["accuracy"]["test"] is not None
+    with pytest.raises(SearchError, match=r"min_keep names \['nope'\]"):
+        edgeprune.compress(
+            model, data="digits", min_keep={"nope": 0.5}, out=tmp_path / "b", settings=settings
+        )
+    with pytest.raises(EdgepruneError, match=r"min_keep fractions must be in \(0, 1\]"):
+        edgeprune.compress(model, data="digits", min_keep={"down.0": 1.5}, out=tmp_path / "c")
+
+
+def test_min_keep_cuts_the_grid_of_the_group_producing_the_layer() -> None:
+    from edgeprune.pipeline.pruning.groups import build_groups
+    from edgeprune.pipeline.pruning.plan import limited_grid
+
+    groups = {g.name: g for g in build_groups(TinyConvNet(width=32), torch.zeros(1, 3, 32, 32))}
+    stem, down = groups["stem.0"], groups["down.0"]
+    assert limited_grid(stem, 8)[0] == 2
+    assert limited_grid(stem, 8, {"stem.1": 0.75}) == (24, 32)  # its BN names it too
+    assert limited_grid(stem, 8, {"conv_a": 0.5})[0] == 16  # coupled by the residual add
+    assert limited_grid(down, 8, {"stem.0": 0.75})[0] == 2  # another group's limit

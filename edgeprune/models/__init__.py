@@ -1,4 +1,4 @@
-"""Built-in 32x32 model zoo and loading of user models.
+"""Built-in model zoo (32x32 CIFAR-style, and 224-px ImageNet-style) and loading of user models.
 
 A model is named either by a zoo name (``resnet20``) or by ``"package.module:factory"``
 (a callable returning an ``nn.Module``, called with ``num_classes=`` when it accepts it).
@@ -17,6 +17,7 @@ from torch import nn
 from edgeprune.errors import ModelError
 from edgeprune.models.densenet import densenet
 from edgeprune.models.googlenet import googlenet
+from edgeprune.models.imagenet import mobilenetv2_224, resnet18, resnet50
 from edgeprune.models.loading import (
     build_from_factory,
     check_fits,
@@ -36,7 +37,13 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv3_small": mobilenetv3_small,
     "googlenet": googlenet,
     "densenet": densenet,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "mobilenetv2_224": mobilenetv2_224,
 }
+
+# Input side each zoo model is built for (the others: 32).
+NATIVE_SIZE = {"resnet18": 224, "resnet50": 224, "mobilenetv2_224": 224}
 
 __all__ = [
     "ZOO",
@@ -47,6 +54,7 @@ __all__ = [
     "load_model",
     "load_weights_",
     "model_names",
+    "native_size",
     "read_checkpoint",
 ]
 
@@ -54,6 +62,12 @@ __all__ = [
 def model_names() -> list[str]:
     """Names of the built-in zoo models, sorted."""
     return sorted(ZOO)
+
+
+def native_size(name: str) -> int:
+    """Input side a zoo model is built for (32, or 224 for the ImageNet-style ones; 32 for
+    names outside the zoo)."""
+    return NATIVE_SIZE.get(name, 32)
 
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:

@@ -141,6 +141,13 @@ def _setup(
         spec = ModelSpec(config.model.name, config.model.num_classes or 1)
         base = model
     base = base.eval()
+    layers = dict(base.named_modules())
+    unknown = sorted(k for k in config.search.min_keep if k not in layers)
+    if unknown:
+        raise SearchError(
+            f"search.min_keep names {unknown}, which are not layers of {spec.name} — use names "
+            "from model.named_modules()"
+        )
     example = torch.zeros(1, *profile.input_shape)
     t = time.perf_counter()
     groups = build_groups(base, example, ignored_layers=config.search.ignored_layers)

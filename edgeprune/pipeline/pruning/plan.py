@@ -162,6 +162,32 @@ def channel_grid(width: int, multiple: int, channel_step: int = 1) -> tuple[int,
     return tuple(sorted(counts))
 
 
+def produced_by(info: GroupInfo) -> set[str]:
+    """Layers whose output channels are ``info``'s channels (conv, BN, ... of the group)."""
+    return {op.layer for op in info.ops if op.is_out} | {info.name}
+
+
+def min_width(info: GroupInfo, min_keep: Mapping[str, float], width: int | None = None) -> int:
+    """Fewest channels ``info`` may keep under ``min_keep`` (layer name -> fraction of its
+    output channels kept at least), of ``width`` (default: the group's)."""
+    width = info.width if width is None else width
+    out = produced_by(info)
+    fractions = [f for layer, f in min_keep.items() if layer in out]
+    return math.ceil(max(fractions) * width - 1e-9) if fractions else 1
+
+
+def limited_grid(
+    info: GroupInfo, multiple: int, min_keep: Mapping[str, float] | None = None
+) -> tuple[int, ...]:
+    """:func:`channel_grid` without the widths below the group's ``min_keep`` limit (its
+    width stays)."""
+    full = channel_grid(info.width, multiple, info.channel_step)
+    if not min_keep:
+        return full
+    lo = min_width(info, min_keep)
+    return tuple(k for k in full if k >= lo) or (info.width,)
+
+
 def allowed_keep(info: GroupInfo, multiple: int) -> tuple[int, ...]:
     """Channel counts a plan may keep for ``info`` (see :func:`channel_grid`)."""
     if info.frozen:

@@ -26,6 +26,7 @@ says it pays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from edgeprune.pipeline.pruning.blocks import BlockInfo, drop_blocks, find_blocks
 from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
-from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid
+from edgeprune.pipeline.pruning.plan import PruningPlan, limited_grid
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.search.cost import CostModel, latency_cost_model, macs_cost_model
@@ -53,11 +54,9 @@ class Reduced:
     def full(self) -> dict[int, int]:
         return {g.id: g.width for g in self.groups.prunable}
 
-    def floor(self, multiple: int) -> dict[int, int]:
-        """Every prunable group at its narrowest grid width."""
-        return {
-            g.id: channel_grid(g.width, multiple, g.channel_step)[0] for g in self.groups.prunable
-        }
+    def floor(self, multiple: int, min_keep: Mapping[str, float] | None = None) -> dict[int, int]:
+        """Every prunable group at its narrowest grid width (within ``min_keep``)."""
+        return {g.id: limited_grid(g, multiple, min_keep)[0] for g in self.groups.prunable}
 
 
 @dataclass
@@ -114,7 +113,7 @@ def depth_floor(ctx: RunContext, blocks: tuple[BlockInfo, ...]) -> float:
         blocks = tuple(sorted(blocks, key=lambda b: -saved_ms(ctx, reduce(ctx, (b.name,)))))
         blocks = blocks[:limit]
     r = reduce(ctx, tuple(b.name for b in blocks))
-    return r.cost.predict(r.floor(ctx.multiple))
+    return r.cost.predict(r.floor(ctx.multiple, ctx.config.search.min_keep))
 
 
 def saved_ms(ctx: RunContext, r: Reduced) -> float:
@@ -151,7 +150,7 @@ def choose_depth(
     for n in option_counts(len(order), ctx.config.search.depth_options):
         dropped = tuple(b.name for b in order[:n])
         r = reduce(ctx, dropped)
-        floor = r.cost.predict(r.floor(ctx.multiple))
+        floor = r.cost.predict(r.floor(ctx.multiple, ctx.config.search.min_keep))
         row: dict[str, Any] = {"blocks": n, "dropped": list(dropped), "floor_ms": floor}
         if floor > goal_ms:
             choice.options.append({**row, "reachable": False})

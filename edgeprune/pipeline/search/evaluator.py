@@ -9,7 +9,7 @@ from torch import nn
 
 from edgeprune.errors import PruningError
 from edgeprune.pipeline.pruning.groups import GroupSet, count_macs_params
-from edgeprune.pipeline.pruning.plan import PruningPlan, channel_grid
+from edgeprune.pipeline.pruning.plan import PruningPlan, limited_grid
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.search.base import Candidate, Outcome
@@ -60,8 +60,7 @@ def evaluate_candidate(
 def base_grid(ctx: RunContext, gid: int) -> tuple[int, ...]:
     """Widths group ``gid`` may keep: the device's channel grid over its width in the model
     the channel search started from."""
-    base = ctx.start_groups[gid]
-    return channel_grid(base.width, ctx.multiple, base.channel_step)
+    return limited_grid(ctx.start_groups[gid], ctx.multiple, ctx.config.search.min_keep)
 
 
 def step_task(
@@ -85,7 +84,7 @@ def step_task(
     grids = {}
     for g in groups.prunable:
         s = start[g.id]
-        full = channel_grid(s.width, ctx.multiple, s.channel_step)
+        full = limited_grid(s, ctx.multiple, ctx.config.search.min_keep)
         grids[g.id] = tuple(k for k in full if k <= g.width) or (g.width,)
     raw = {
         g.id: np.asarray(importance(g, model, g.width), dtype=np.float64) for g in groups.prunable
