@@ -123,6 +123,14 @@ class SearchConfig(_Section):
     )
     round_to_multiple: bool = True
     use_lut: bool = Field(True, description="LUT-predicted latency for candidates")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes scoring a step's candidates at once (forked; results equal "
+        "one process's). More than 1 only where cores are free: on a 2-core box timing "
+        "runs beside them",
+    )
     val_subset: int = Field(1000, ge=50, description="validation images for the proxy")
     bn_batches: int = Field(4, ge=0, description="training batches for BN re-estimation")
     depth: Literal["auto", "off"] = Field(

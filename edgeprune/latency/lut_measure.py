@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,28 +289,37 @@ class PointMeasurer:
     points_measured: int = 0
     _target: Target | None = field(default=None, repr=False)
     _tmp: Any = field(default=None, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self._target = target_for(self.profile)
         require_available(self._target, self.profile)
         self._tmp = tempfile.TemporaryDirectory(prefix="edgeprune-lut-")
 
+    @property
+    def devices(self) -> int:
+        """Devices that measure at once: the agents of a remote profile's pool (each takes
+        one request at a time), else 1 (a local CPU is timed one graph at a time)."""
+        remote = self.profile.remote
+        return len(remote.urls) if remote is not None else 1
+
     def median_us(self, onnx_bytes: bytes, shape: tuple[int, int, int, int]) -> float:
         """Median time of one call of a graph whose input is (batch, C, H, W), in microseconds."""
         assert self._target is not None
-        path = Path(self._tmp.name) / "layer.onnx"
+        scratch = Path(tempfile.mkdtemp(dir=self._tmp.name))  # one per call: thread-safe
+        path = scratch / "layer.onnx"
         path.write_bytes(onnx_bytes)
         if needs_int8(self.profile):  # time the layer as the INT8 model will run it
-            path = quantize_for_latency(
-                path, Path(self._tmp.name) / "layer.int8.onnx", self.profile
-            )
+            path = quantize_for_latency(path, scratch / "layer.int8.onnx", self.profile)
         variant = self.profile.model_copy(update={"batch": shape[0], "input_shape": shape[1:]})
         prepared = self._target.prepare(path, variant)
         try:
             stats = self._target.measure(prepared, None, self.settings)
         finally:
             prepared.close()
-        self.points_measured += 1
+            shutil.rmtree(scratch, ignore_errors=True)
+        with self._lock:
+            self.points_measured += 1
         return stats.median_ms * 1000.0
 
     def min_of_passes(
@@ -316,13 +328,20 @@ class PointMeasurer:
         """Time every graph ``passes`` times (forward, then backward, ...) and keep the minimum.
 
         Alternating the order spreads each point's passes apart in time, so a burst of load
-        from another process rarely hits all of them.
+        from another process rarely hits all of them. With an agent pool the graphs of a
+        pass go to every agent at once (one in flight per device); the result is the same
+        table, measured ``devices`` times faster.
         """
         best = [math.inf] * len(items)
         for p in range(passes):
-            idx: Iterable[int] = range(len(items)) if p % 2 == 0 else reversed(range(len(items)))
-            for i in idx:
-                best[i] = min(best[i], self.median_us(*items[i]))
+            order = list(range(len(items)) if p % 2 == 0 else reversed(range(len(items))))
+            if self.devices > 1 and len(order) > 1:
+                with ThreadPoolExecutor(self.devices, thread_name_prefix="lut-point") as pool:
+                    times = list(pool.map(lambda i: self.median_us(*items[i]), order))
+            else:
+                times = [self.median_us(*items[i]) for i in order]
+            for i, us in zip(order, times, strict=True):
+                best[i] = min(best[i], us)
         return best
 
 

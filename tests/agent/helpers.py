@@ -117,10 +117,12 @@ def start_agent(
     max_upload_mb: float = 64.0,
     extra: list[str] | None = None,
     startup_s: float = 60.0,
+    token: str | None = None,
 ) -> AgentProc:
-    """Start ``python -m edgeprune.agent --port 0`` and wait for its "listening" line."""
+    """Start ``python -m edgeprune.agent --port 0`` and wait for its "listening" line
+    (``token``: shared by a pool of agents; default a fresh one)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
+    token = token or secrets.token_urlsafe(24)
     token_file = tmp / "token"
     token_file.write_text(token + "\n", encoding="utf-8")
     token_file.chmod(0o600)

@@ -27,9 +27,11 @@ from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext, rebuild
 from edgeprune.pipeline.search import Outcome, Searcher, make_searcher
+from edgeprune.pipeline.search.base import Candidate
 from edgeprune.pipeline.search.depth import choose_depth, depth_floor, droppable_blocks, reduce
-from edgeprune.pipeline.search.evaluator import base_grid, evaluate_candidate, step_task
+from edgeprune.pipeline.search.evaluator import base_grid, step_task
 from edgeprune.pipeline.search.knapsack import project
+from edgeprune.pipeline.search.parallel import CandidateScorer
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
 from edgeprune.pipeline.search.state import SearchState, StepRecord
@@ -316,6 +318,22 @@ def _land(
     return best["keep"], best["measured"], best["predicted"], tries
 
 
+def _outcomes(
+    ctx: RunContext,
+    step: int,
+    batch: list[Candidate],
+    seen: dict[Any, tuple[Outcome, dict[str, Any]]],
+) -> list[Outcome]:
+    """The batch's outcomes in proposal order, each logged (a repeated plan reuses its
+    score under its own tag)."""
+    outs = []
+    for cand in batch:
+        out, row = seen[cand.key()]
+        outs.append(dataclasses.replace(out, candidate=cand))
+        ctx.run.log_candidate({"step": step, **row, "tag": cand.tag})
+    return outs
+
+
 def _one_step(
     ctx: RunContext,
     st: SearchState,
@@ -349,24 +367,23 @@ def _one_step(
         seen: dict[Any, tuple[Outcome, dict[str, Any]]] = {}
         best = float("-inf")
         n = 0
-        while batch := searcher.propose():
-            outs = []
-            for cand in batch:
-                key = cand.key()
-                if key not in seen:
-                    seen[key] = evaluate_candidate(ctx, model, groups, cand, importance, reward)
-                out, row = seen[key]
-                outs.append(dataclasses.replace(out, candidate=cand))
-                ctx.run.log_candidate({"step": step, **row, "tag": cand.tag})
-                log_rows += 1
-                n += 1
-                best = max(best, out.reward)
+        with CandidateScorer(ctx, model, groups, importance, reward, cfg.search.workers) as sc:
+            while batch := searcher.propose():
+                fresh: dict[Any, Candidate] = {}
+                for cand in batch:  # each unseen plan once, in proposal order
+                    if cand.key() not in seen:
+                        fresh.setdefault(cand.key(), cand)
+                seen.update(zip(fresh, sc.score(list(fresh.values())), strict=True))
+                outs = _outcomes(ctx, step, batch, seen)
+                log_rows += len(batch)
+                n += len(batch)
+                best = max([best, *(o.reward for o in outs)])
                 bar.update(
                     task_id,
                     description=f"step {step}",
                     info=f"{n} cand | best reward {best:.4f} | target {aim:.4g} {goal.kind}",
                 )
-            searcher.observe(outs)
+                searcher.observe(outs)
         kept = searcher.choose()
         keep, measured, predicted, tries = _land(
             ctx, st, model, groups, task, dict(kept.keep), goal, window
