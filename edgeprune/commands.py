@@ -74,8 +74,20 @@ def _load_user_model(args: argparse.Namespace, num_classes: int):  # type: ignor
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Train a baseline; under ``torchrun`` every rank trains its share (DDP)."""
+    from edgeprune.pipeline import distributed
+
+    distributed.init_from_env()
+    try:
+        return _train(args)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace) -> int:
     from edgeprune.data import load_data
     from edgeprune.models import native_size
+    from edgeprune.pipeline import distributed
     from edgeprune.pipeline.train import train
 
     data = load_data(
@@ -91,10 +103,12 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         out=args.out,
     )
-    out.print(
-        f"best validation top-1 {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
-        f"/{result.epochs} ({result.wall_s:.0f} s) -> {args.out}"
-    )
+    if distributed.rank() == 0:
+        ranks = f", {distributed.world()} processes (DDP)" if distributed.world() > 1 else ""
+        out.print(
+            f"best validation top-1 {100 * result.best_val_acc:.2f}% at epoch "
+            f"{result.best_epoch}/{result.epochs} ({result.wall_s:.0f} s{ranks}) -> {args.out}"
+        )
     return 0
 
 
@@ -195,17 +209,39 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    """A thin client of :func:`edgeprune.compress` (the library API)."""
+    """A thin client of :func:`edgeprune.compress` (the library API). Under ``torchrun``
+    rank 0 runs it and the other ranks take their share of its training (DDP)."""
+    from edgeprune.pipeline import distributed
+
+    if not distributed.init_from_env():
+        _compress(args)
+        return 0
+    try:
+        if distributed.rank() > 0:
+            from edgeprune.pipeline.compress import follow
+            from edgeprune.pipeline.run_dir import RunDir
+
+            follow(RunDir(args.resume).read_config() if args.resume else compress_config(args))
+        else:
+            try:
+                _compress(args)
+            finally:
+                distributed.broadcast_job(None)  # the followers stop, also after an error
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> None:
     from edgeprune.api import compress
 
     if args.resume is not None:
         compress(out=args.resume, resume=True, console=console)
-        return 0
+        return
     config = compress_config(args)
     out_dir = args.out or _default_run_dir(config)
     console.print(f"run directory: {out_dir}", soft_wrap=True)
     compress(config=config, out=out_dir, console=console)
-    return 0
 
 
 def compress_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]

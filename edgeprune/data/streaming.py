@@ -143,12 +143,29 @@ class StreamingSplits:
         n = self.size(split)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
-        chunks = [order[s : s + batch_size].tolist() for s in range(0, stop, batch_size)]
-        if not chunks:
+        chunks = [order[s : s + batch_size] for s in range(0, stop, batch_size)]
+        yield from self.batches_of(
+            split, chunks, augment=augment, generator=generator, flip=flip, device=device
+        )
+
+    def batches_of(
+        self,
+        split: str,
+        chunks: Sequence[torch.Tensor],
+        *,
+        augment: bool,
+        generator: torch.Generator | None,
+        flip: bool = True,
+        device: torch.device | str | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the given index ``chunks`` of ``split`` (a sampler's choice: one
+        rank's share of each global batch under DDP), decoded by the workers."""
+        sampler = [c.tolist() for c in chunks if len(c)]
+        if not sampler:
             return
         loader = torch.utils.data.DataLoader(
             _Files(self.files[split], self.labels(split), self.image_size),
-            batch_sampler=chunks,
+            batch_sampler=sampler,
             num_workers=self.workers,
             persistent_workers=False,
         )

@@ -38,7 +38,7 @@ from edgeprune.pipeline.search.cost import (
 from edgeprune.pipeline.search.driver import search
 from edgeprune.pipeline.tasks import ClassifierTask, Task
 from edgeprune.pipeline.train import train
-from edgeprune.profiles import load_profile, represents_this_host
+from edgeprune.profiles import DeviceProfile, load_profile, represents_this_host
 from edgeprune.targets.base import require_available, target_for
 
 
@@ -91,6 +91,49 @@ def compress_run(
 # ----------------------------------------------------------------------------- setup
 
 
+def run_data(config: RunConfig, profile: DeviceProfile) -> DataSplits | StreamingSplits:
+    """The run's data, decoded at the profile's input size (or streamed)."""
+    return open_data(
+        config.data.source,
+        image_size=int(profile.input_shape[-1]),
+        val_fraction=config.data.val_fraction,
+        seed=config.data.seed,
+        limit=config.data.limit,
+        loader=config.data.loader,
+        workers=config.data.workers,
+        memory_limit_mb=config.data.memory_limit_mb,
+    )
+
+
+def run_profile(config: RunConfig) -> DeviceProfile:
+    """The run's profile, with the config's ``input_shape`` when it sets one."""
+    profile = load_profile(config.profile)
+    if config.input_shape is not None:
+        profile = profile.model_copy(update={"input_shape": tuple(config.input_shape)})
+    return profile
+
+
+def follow(config: RunConfig) -> None:
+    """A rank > 0 under torchrun: take a share of every training job rank 0 broadcasts
+    (:mod:`edgeprune.pipeline.distributed`) until it says the run is done."""
+    from edgeprune.pipeline import distributed
+    from edgeprune.pipeline.finetune import distill_
+
+    torch.set_num_threads(config.threads)
+    data = run_data(config, run_profile(config))
+
+    def run_job(job: dict[str, Any]) -> None:
+        if job["kind"] == "distill":
+            distill_(
+                job["student"], job["teacher"], data, config.finetune, job["epochs"],
+                seed=job["seed"], description=job["description"],
+            )  # fmt: skip
+        elif job["kind"] == "train":
+            train(job["model"], data, epochs=job["epochs"], seed=job["seed"], progress=False)
+
+    distributed.follow(run_job)
+
+
 def _setup(
     config: RunConfig,
     run: RunDir,
@@ -99,9 +142,7 @@ def _setup(
     model: nn.Module | None = None,
     task: Task | None = None,
 ) -> RunContext:
-    profile = load_profile(config.profile)
-    if config.input_shape is not None:
-        profile = profile.model_copy(update={"input_shape": tuple(config.input_shape)})
+    profile = run_profile(config)
     require_available(target_for(profile), profile)
     fits, why = represents_this_host(profile)
     if not fits and not config.allow_foreign_profile:
@@ -111,16 +152,7 @@ def _setup(
     if not fits:
         console.print(f"[bold yellow]warning:[/] {why}", soft_wrap=True)
     if task is None:
-        data = open_data(
-            config.data.source,
-            image_size=int(profile.input_shape[-1]),
-            val_fraction=config.data.val_fraction,
-            seed=config.data.seed,
-            limit=config.data.limit,
-            loader=config.data.loader,
-            workers=config.data.workers,
-            memory_limit_mb=config.data.memory_limit_mb,
-        )
+        data = run_data(config, profile)
         if data.size("val") == 0:
             raise SearchError(
                 f"data '{config.data.source}' gave no validation images; the search scores "
@@ -224,6 +256,13 @@ def _baseline(
         f"[bold]training a {spec.name} baseline[/] on {data.name} "
         f"({config.model.baseline_epochs} epochs; pass --weights to skip)"
     )
+    from edgeprune.pipeline import distributed
+
+    if distributed.world() > 1:
+        distributed.broadcast_job(
+            {"kind": "train", "model": model, "epochs": config.model.baseline_epochs,
+             "seed": config.seed}
+        )  # fmt: skip
     train(
         model,
         data,

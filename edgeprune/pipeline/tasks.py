@@ -159,8 +159,14 @@ class ClassifierTask(Task):
         progress: bool = False,
         description: str = "fine-tune (KD)",
     ) -> float | None:
+        from edgeprune.pipeline import distributed
         from edgeprune.pipeline.finetune import distill_
 
+        if distributed.world() > 1:  # the other ranks take their share (see distributed)
+            distributed.broadcast_job(
+                {"kind": "distill", "student": student, "teacher": teacher, "epochs": epochs,
+                 "seed": seed, "description": description}
+            )  # fmt: skip
         result = distill_(
             student,
             teacher,

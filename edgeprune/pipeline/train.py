@@ -22,9 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from torch import nn
 
 from edgeprune._io import atomic_torch_save
-from edgeprune.data import DataSplits, iterate_batches
+from edgeprune.data import DataSplits, augment_batch, iterate_batches, normalize
 from edgeprune.data.streaming import StreamingSplits
 from edgeprune.errors import DataError, EdgepruneError
+from edgeprune.pipeline import distributed
 
 #: ``loss_fn(model, images, labels)`` -> ``loss`` or ``(loss, logits)``; logits feed train_acc.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
@@ -144,6 +145,39 @@ def train_batches(
         generator=generator, mean=data.mean, std=data.std, flip=flip, drop_last=drop_last,
         device=device,
     )  # fmt: skip
+
+
+def _rank_batches(
+    data: Data,
+    batch_size: int,
+    *,
+    seed: int,
+    augment: bool,
+    flip: bool,
+    drop_last: bool,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Under DDP: this rank's share of every global batch of one seeded order (a
+    DistributedSampler): every rank draws the same order, takes rows ``rank::world`` of
+    each batch, and augments them with its own generator."""
+    from edgeprune.pipeline import distributed
+
+    rank, world = distributed.rank(), distributed.world()
+    n = data.size("train")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    aug = torch.Generator().manual_seed(seed * 31 + rank + 1)
+    stop = n - n % batch_size if drop_last else n
+    parts = [order[s : s + batch_size][rank::world] for s in range(0, stop, batch_size)]
+    if isinstance(data, StreamingSplits):
+        yield from data.batches_of(
+            "train", parts, augment=augment, generator=aug, flip=flip, device=device
+        )
+        return
+    for idx in parts:
+        xb, yb = data.train_x[idx].to(device), data.train_y[idx].to(device)
+        if augment:
+            xb = augment_batch(xb, generator=aug, flip=flip)
+        yield normalize(xb, data.mean, data.std), yb
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -286,22 +320,32 @@ def run_epochs(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
+    world, rank = distributed.world(), distributed.rank()
+    # Under torchrun: gradients averaged over the ranks, each with its share of a batch.
+    trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    progress = progress and rank == 0
     try:
         with _progress(progress) as bar:
             task = bar.add_task(description, total=total_steps, loss="-", val="-")
             for epoch in range(1, n_epochs + 1):
                 epoch_start = time.perf_counter()
-                batches = train_batches(
-                    data, batch_size, augment=augment, generator=generator, flip=flip,
-                    drop_last=drop_last, device=device,
-                )  # fmt: skip
+                if world > 1:
+                    batches = _rank_batches(
+                        data, batch_size, seed=seed * 100_003 + epoch, augment=augment,
+                        flip=flip, drop_last=drop_last, device=device,
+                    )  # fmt: skip
+                else:
+                    batches = train_batches(
+                        data, batch_size, augment=augment, generator=generator, flip=flip,
+                        drop_last=drop_last, device=device,
+                    )  # fmt: skip
                 first_step = (epoch - 1) * steps_per_epoch
                 schedule = [
                     lr_at(s, total_steps, warmup_steps, lr, min_lr)
                     for s in range(first_step, min(first_step + steps_per_epoch, total_steps))
                 ]
                 mean_loss, train_acc = _train_epoch(
-                    model, optimizer, batches, loss_fn, schedule, lambda: bar.advance(task)
+                    trained, optimizer, batches, loss_fn, schedule, lambda: bar.advance(task)
                 )
                 if not math.isfinite(mean_loss):
                     raise EdgepruneError(
@@ -341,7 +385,7 @@ def run_epochs(
             _set_memory_format(model, torch.contiguous_format)
     assert best_state is not None  # epochs >= 1, and any accuracy beats -1
     model.load_state_dict(best_state)
-    if out is not None:
+    if out is not None and rank == 0:
         atomic_torch_save(out, best_state)
     return TrainResult(
         best_val_acc=best_acc,
