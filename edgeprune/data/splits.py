@@ -177,11 +177,14 @@ def image_moments(x: torch.Tensor) -> torch.Tensor:
     """
     n, c = x.shape[:2]
     out = torch.empty((n, 2, c), dtype=torch.float64)
-    for start in range(0, n, _STATS_CHUNK):
-        chunk = x[start : start + _STATS_CHUNK].reshape(-1, c, x.shape[2] * x.shape[3])
+    # Chunks of about _STATS_CHUNK 32x32 images' worth of pixels: at 224 px a chunk of 4096
+    # whole images would be a 5 GB float64 copy.
+    step = max(1, _STATS_CHUNK * 3 * 32 * 32 // max(1, c * x.shape[2] * x.shape[3]))
+    for start in range(0, n, step):
+        chunk = x[start : start + step].reshape(-1, c, x.shape[2] * x.shape[3])
         chunk = chunk.to(torch.float64)
-        out[start : start + _STATS_CHUNK, 0] = chunk.sum(-1)
-        out[start : start + _STATS_CHUNK, 1] = chunk.square().sum(-1)
+        out[start : start + step, 0] = chunk.sum(-1)
+        out[start : start + step, 1] = chunk.square().sum(-1)
     return out
 
 
@@ -196,8 +199,15 @@ def channel_stats(
     """
     if moments is None:
         moments = image_moments(x)
+    return stats_from_moments(moments, x.shape[2] * x.shape[3])
+
+
+def stats_from_moments(
+    moments: torch.Tensor, pixels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """:func:`channel_stats` from :func:`image_moments` of images of ``pixels`` pixels."""
     total, total_sq = moments.sum(dim=0)
-    count = x.shape[0] * x.shape[2] * x.shape[3]
+    count = moments.shape[0] * pixels
     mean = total / count
     var = (total_sq / count - mean.square()).clamp_min(0.0)
     # A constant channel would divide by zero when normalising; 1/255 keeps it finite.

@@ -9,7 +9,8 @@ functions, so streamed and in-memory training see the same pixels. The split is 
 :func:`load_data` carves (same function, same seed), and small subsets the search holds in
 memory (the proxy's validation subset, BatchNorm batches) come from :meth:`take`.
 
-Mean and std are estimated on a seeded, class-balanced draw of up to 2,048 training images.
+Mean and std are estimated on a seeded, class-balanced draw of up to 2,048 training images
+(decoded 128 at a time).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from edgeprune.data.loader import augment_batch, normalize
 from edgeprune.data.splits import (
     DataSplits,
     balanced_subsample,
-    channel_stats,
+    image_moments,
+    stats_from_moments,
     stratified_draw,
     stratified_split,
 )
@@ -262,8 +264,10 @@ def load_streaming(
         std=(1.0, 1.0, 1.0),
         workers=workers,
     )
-    sample = splits.take("train", stratified_draw(splits.train_y, STATS_IMAGES, seed))
-    mean, std = channel_stats(sample)
+    # Statistics of a draw, decoded a chunk at a time (the draw is never held whole).
+    draw = stratified_draw(splits.train_y, STATS_IMAGES, seed)
+    moments = torch.cat([image_moments(splits.take("train", c)) for c in draw.split(128)])
+    mean, std = stats_from_moments(moments, image_size * image_size)
     return dataclasses.replace(
         splits, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2])
     )
