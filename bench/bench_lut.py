@@ -30,11 +30,14 @@ from edgeprune.latency.lut import LatencyLUT
 from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import create_model
 from edgeprune.pipeline.export import export_onnx
+from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
+from edgeprune.pipeline.pruning.prune import apply_removed
 from edgeprune.profiles import load_profile
 from edgeprune.targets.timing import host_info
 
 RESULTS = Path(__file__).parent / "results"
 KINDS = ("on-multiple", "multiple-of-4", "any")
+CIFAR_RESNETS = ("resnet20", "resnet56")
 
 
 def resize_resnet_(model: nn.Module, stages: list[int], inner: list[list[int]]) -> nn.Module:
@@ -85,6 +88,28 @@ def variants(model_name: str, n: int, multiple: int, seed: int) -> list[dict[str
     return out
 
 
+def group_variants(
+    base: nn.Module, groups: GroupSet, n: int, multiple: int, seed: int
+) -> list[dict[str, Any]]:
+    """Random widths per prunable channel group (any model): what the search's plans are."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        kind = KINDS[0] if k < n // 2 else KINDS[1] if k < 3 * n // 4 else KINDS[2]
+        keep = {g.id: _width(rng, g.width, kind, multiple) for g in groups.prunable}
+        out.append({"name": f"v{k:02d}", "kind": kind, "stages": None, "keep": keep})
+    return out
+
+
+def _variant_model(model_name: str, base: nn.Module, groups: Any, spec: dict) -> nn.Module:
+    if spec.get("keep") is not None:
+        removed = {g: tuple(range(groups[g].width - k)) for g, k in spec["keep"].items()}
+        return apply_removed(base, groups, {g: r for g, r in removed.items() if r}, verify=False)
+    if spec["stages"] is not None:
+        return resize_resnet_(create_model(model_name), spec["stages"], spec["inner"])
+    return base
+
+
 def run(model_name: str, profile_name: str, n_variants: int, seed: int) -> dict:
     torch.manual_seed(0)
     profile = load_profile(profile_name)
@@ -96,15 +121,18 @@ def run(model_name: str, profile_name: str, n_variants: int, seed: int) -> dict:
         rebuilt = LatencyLUT.build(base, profile, cache_dir=Path(tmp) / "lut")
         rebuild_s = time.perf_counter() - t0
         assert rebuilt.points_measured == 0
-        specs = variants(model_name, n_variants, lut.multiple, seed)
+        groups = None
+        if model_name in CIFAR_RESNETS:
+            specs = variants(model_name, n_variants, lut.multiple, seed)
+        else:  # any other model: random widths per channel group, cut by the pruning engine
+            groups = build_groups(base, torch.zeros(1, *profile.input_shape))
+            specs = group_variants(base, groups, n_variants, lut.multiple, seed)
         oracle = LatencyOracle(
             profile, Path(tmp) / "oracle.jsonl", workdir=Path(tmp) / "onnx", export_fn=export_onnx
         )
         rows = []
         for spec in [{"name": "base", "kind": "base", "stages": None, "inner": None}, *specs]:
-            model = base
-            if spec["stages"] is not None:
-                model = resize_resnet_(create_model(model_name), spec["stages"], spec["inner"])
+            model = _variant_model(model_name, base, groups, spec)
             cmp = oracle.measure_vs_baseline(model, base)
             t0 = time.perf_counter()
             raw_ms = lut.predict_raw_ms(model)
@@ -192,6 +220,12 @@ def _pct(d: dict | None) -> str:
     return f"{d['mape']:.1f} / {d['max_abs_pct']:.1f} / {d['mean_pct']:+.1f} (n={d['n']})"
 
 
+def _widths(r: dict) -> str:
+    if r.get("keep"):
+        return f"{sum(r['keep'].values())} channels in {len(r['keep'])} groups"
+    return str(r["stages"] or "[16, 32, 64]")
+
+
 def render(res: dict) -> str:
     lut, host, curve = res["lut"], res["host"], res["lut"]["curve"]
     lines = [
@@ -228,7 +262,7 @@ def render(res: dict) -> str:
     ]
     for r in res["variants"]:
         lines.append(
-            f"| {r['name']} | {r['kind']} | {r['stages'] or '[16, 32, 64]'} | "
+            f"| {r['name']} | {r['kind']} | {_widths(r)} | "
             f"{r['measured_ms']:.3f} | {r['lut_raw_ms']:.3f} | {r['lut_cal_ms']:.3f} |"
         )
     if curve:
@@ -253,7 +287,11 @@ def render(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
+    ap.add_argument(
+        "--model",
+        default="resnet20",
+        help="a zoo model; CIFAR ResNets vary stage widths, others random group widths",
+    )
     ap.add_argument("--profile", default="cpu-ort-1t")
     ap.add_argument("--variants", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
@@ -261,8 +299,9 @@ def main() -> None:
     torch.set_num_threads(1)
     res = run(args.model, args.profile, args.variants, args.seed)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"lut_{args.model}.json", res)
-    atomic_write_text(RESULTS / f"lut_{args.model}.md", render(res))
+    stem = f"lut_{args.model}" + ("" if args.profile == "cpu-ort-1t" else f"_{args.profile}")
+    atomic_write_json(RESULTS / f"{stem}.json", res)
+    atomic_write_text(RESULTS / f"{stem}.md", render(res))
     print(render(res))
 
 

@@ -78,7 +78,8 @@ def test_random_plan_equals_original_with_removed_channels_zeroed(name: str) -> 
         ref, out, full = reference(x), result.model(x), model(x)
     diff = (out - ref).abs().max().item()
     effect = (out - full).abs().max().item()
-    assert diff <= 1e-5
+    # float32 rounding grows with the outputs (resnet50's untrained logits reach ~10)
+    assert diff <= 1e-5 * max(1.0, ref.abs().max().item())
     # The removal changes the output by orders of magnitude more than the residual: the
     # comparison can tell a right cut from a wrong one at this output scale.
     assert diff <= 1e-3 * effect, (diff, effect)
