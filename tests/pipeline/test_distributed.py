@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgeprune.models.testing import make_shapes
 
@@ -23,12 +24,15 @@ pytestmark = [
 ]
 
 
-def _shapes_npz(path: Path) -> Path:
-    """A 3-class set that trains to ~100% in a few epochs: the square's colour is the class."""
-    s = make_shapes(900, seed=11)
-    x = ((s.images * 0.25 + 0.35).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1)
+def _shapes_npz(path: Path, n: int = 3000) -> Path:
+    """A 3-class set (the square's colour is the class) under heavy noise: TinyConvNet
+    reaches ~92% validation top-1 in 10 epochs, with room to differ."""
+    s = make_shapes(n, seed=11)
+    g = torch.Generator().manual_seed(0)
+    img = (s.images * 0.25 + 0.35) * 0.2 + 0.8 * torch.rand(s.images.shape, generator=g)
+    x = (img.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     y = (s.masks.flatten(1).max(1).values - 1).numpy()
-    np.savez(path, x=x.numpy(), y=y, x_test=x.numpy()[:150], y_test=y[:150])
+    np.savez(path, x=x, y=y, x_test=x[: n // 6], y_test=y[: n // 6])
     return path
 
 
@@ -46,18 +50,19 @@ def _best(text: str) -> float:
 def test_ddp_training_on_two_processes_matches_one(tmp_path: Path) -> None:
     data = _shapes_npz(tmp_path / "shapes.npz")
     args = ["-m", "edgeprune.cli", "train", "--model", "edgeprune.models.testing:TinyConvNet",
-            "--data", str(data), "--epochs", "5"]  # fmt: skip
+            "--data", str(data), "--epochs", "10"]  # fmt: skip
     one = _run([sys.executable, *args, "--out", "one.pt"], tmp_path)
     two = _run([TORCHRUN, "--standalone", "--nproc_per_node", "2", *args, "--out", "two.pt"],
                tmp_path)  # fmt: skip
     assert "2 processes (DDP)" in two and two.count("best validation") == 1  # rank 0 reports
-    assert _best(one) > 90
+    # measured: 92.33 / 92.67 (seed 0), 92.33 / 93.00 (seed 1); 300 validation images
+    assert _best(one) > 85
     assert abs(_best(two) - _best(one)) <= 1.0
     assert (tmp_path / "two.pt").is_file()
 
 
 def test_compress_under_torchrun_searches_on_rank_0_and_distills_on_both(tmp_path: Path) -> None:
-    data = _shapes_npz(tmp_path / "shapes.npz")
+    data = _shapes_npz(tmp_path / "shapes.npz", n=600)
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "edgeprune.cli", "compress",
            "--model", "edgeprune.models.testing:TinyConvNet", "--data", str(data),
            "--speedup", "1.3", "--steps", "1", "--kd-epochs", "1", "--out", "run",
