@@ -90,10 +90,17 @@ def test_lut_predicts_narrower_models_faster_and_rounds_up(tiny_lut) -> None:
     assert lut.multiple == 8
     base, narrow = TinyConvNet(width=32), TinyConvNet(width=8)
     assert lut.predict_ms(narrow) < 0.6 * lut.predict_ms(base)
-    # The staircase: 13 (26) channels are predicted as 16 (32), the next multiples of 8.
-    assert lut.predict_ms(TinyConvNet(width=13)) == pytest.approx(
-        lut.predict_ms(TinyConvNet(width=16))
+    # The staircase: 12 channels (a multiple of 4) are predicted as 16, the next multiple.
+    at12, at16 = (
+        lut.predict_layers_us(TinyConvNet(width=12)),
+        lut.predict_layers_us(TinyConvNet(width=16)),
     )
+    assert at12["stem.0"] == pytest.approx(at16["stem.0"])
+    assert at12["conv_a"] == pytest.approx(at16["conv_a"])
+    # Counts off the aligned grid (not multiples of 4) take the slow path's fit instead.
+    slow = {t.slow is not None for t in lut.tables.values()}
+    assert True in slow
+    assert lut.predict_ms(TinyConvNet(width=13)) != lut.predict_ms(TinyConvNet(width=16))
     assert lut.predict_ms(layer_channels(base)) == lut.predict_ms(base)
     assert sum(lut.predict_layers_us(base).values()) + lut.overhead_us == pytest.approx(
         1000 * lut.predict_raw_ms(base)
@@ -182,3 +189,13 @@ def test_negative_offset_never_predicts_zero_or_less(tiny_lut) -> None:
     # measurements whose least-squares line has a negative intercept: fitted through 0
     refit = lut.calibrate([(TinyConvNet(width=8), 0.01), (TinyConvNet(width=32), 0.4)])
     assert refit.offset_ms >= 0 and refit.predict_ms(small) > 0
+
+
+def test_slow_counts_are_off_the_aligned_grid_and_inside_the_axis() -> None:
+    from edgeprune.latency.lut import ALIGN, slow_counts
+
+    assert slow_counts((3,), 1) == ()  # a fixed width (the image's channels)
+    counts = slow_counts((4, 8, 16, 32, 48, 64), 1)
+    assert counts and all(c % ALIGN and c < 64 for c in counts)
+    assert slow_counts((4, 8, 16, 32), 2) == tuple(c for c in slow_counts((4, 8, 16, 32), 2))
+    assert all(c % 2 == 0 and c % ALIGN for c in slow_counts((4, 8, 16, 32), 2))
