@@ -334,8 +334,10 @@ class LatencyLUT:
         """MAPE, worst absolute % error and mean signed % error of predictions vs measured ms."""
         errs = [100.0 * (self.predict_ms(a) - ms) / ms for a, ms in samples]
         if not errs:
-            return {"mape": math.nan, "max_abs_pct": math.nan, "mean_pct": math.nan, "n": 0}
+            nan = math.nan
+            return {"median_abs_pct": nan, "mape": nan, "max_abs_pct": nan, "mean_pct": nan, "n": 0}
         return {
+            "median_abs_pct": float(np.median(np.abs(errs))),
             "mape": float(np.mean(np.abs(errs))),
             "max_abs_pct": float(np.max(np.abs(errs))),
             "mean_pct": float(np.mean(errs)),
