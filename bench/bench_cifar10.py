@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -138,13 +139,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--search-seed", type=int, default=None, help="search + KD seed (default: --seed)"
     )
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (1: see README)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="repeat every method with these search + KD seeds (mean and spread per budget)",
+    )
     return p.parse_args(argv)
 
 
 def settings_from(args: argparse.Namespace) -> BenchSettings:
-    if args.smoke:
-        return smoke_settings(args.data)
     methods = tuple(m for m in METHODS if m in args.methods)
+    if args.smoke:
+        return dataclasses.replace(
+            smoke_settings(args.data),
+            methods=methods,
+            budgets=tuple(args.budgets),
+            seeds=tuple(args.seeds),
+        )
     if any(not 0 < b < 1 for b in args.budgets):
         raise EdgepruneError(f"--budgets {args.budgets}: each must be a fraction in (0, 1)")
     return BenchSettings(
@@ -164,6 +177,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         seed=args.seed,
         search_seed=args.search_seed,
         threads=args.threads,
+        seeds=tuple(args.seeds),
     )
 
 
@@ -258,7 +272,7 @@ def run(
     key = digest(
         {
             **settings.to_dict(),
-            **dict.fromkeys(("methods", "budgets", "repeats", "blocks")),
+            **dict.fromkeys(("methods", "budgets", "repeats", "blocks", "seeds")),
             "baseline": base.key,
             "profile": profile.model_dump(mode="json"),
             # Rows from different code must never share a table: a run made by other code
@@ -269,22 +283,24 @@ def run(
     root = cache / "runs" / f"{settings.model}-{key}"
     runs = []
     t = time.perf_counter()
-    for fraction in settings.budgets:
-        for method in settings.methods:
-            console.rule(f"[bold]{method}[/] at {100 * fraction:.0f}% of the baseline p50")
-            cfg = method_config(
-                settings,
-                method,
-                fraction,
-                profile=prof_ref,
-                source=info.source,
-                weights=base.weights,
-            )
-            mr = run_method(
-                method, fraction, cfg, root / f"{method}-b{budget_tag(fraction)}", console
-            )
-            console.print(f"{method} @ {100 * fraction:.0f}%: {mr.status} in {mr.wall_s:.0f} s")
-            runs.append(mr)
+    for seed in settings.run_seeds():
+        for fraction in settings.budgets:
+            for method in settings.methods:
+                tag = run_name(method, fraction, seed)
+                console.rule(f"[bold]{tag}[/] ({100 * fraction:.0f}% of the baseline p50)")
+                cfg = method_config(
+                    settings,
+                    method,
+                    fraction,
+                    profile=prof_ref,
+                    source=info.source,
+                    weights=base.weights,
+                    seed=seed,
+                )
+                mr = run_method(method, fraction, cfg, root / tag, console)
+                mr = dataclasses.replace(mr, seed=seed)
+                console.print(f"{tag}: {mr.status} in {mr.wall_s:.0f} s")
+                runs.append(mr)
     timings["method_runs"] = time.perf_counter() - t
 
     console.rule("[bold]final measurement (interleaved)")
@@ -295,7 +311,7 @@ def run(
     for mr in runs:
         if mr.status == "refused":
             continue
-        name = f"{mr.method}-b{budget_tag(mr.fraction)}"
+        name = run_name(mr.method, mr.fraction, mr.seed)
         onnx[name] = final_dir / f"{name}.onnx"
         shutil.copyfile(mr.run_dir / "model.onnx", onnx[name])
     t = time.perf_counter()
@@ -321,7 +337,7 @@ def run(
         if mr.status == "refused"
         else method_row(name, mr, fb["per_model"][name], base_row)
         for name, mr in zip(
-            [f"{mr.method}-b{budget_tag(mr.fraction)}" for mr in runs], runs, strict=True
+            [run_name(mr.method, mr.fraction, mr.seed) for mr in runs], runs, strict=True
         )
     ]
     timings["total"] = time.perf_counter() - t0
@@ -354,6 +370,11 @@ def run(
     console.print(summary_table(results))
     console.print(f"wrote {out} in {timings['total']:.0f} s")
     return results
+
+
+def run_name(method: str, fraction: float, seed: int | None) -> str:
+    """``knapsack-b35`` (a single run), ``knapsack-b35-s2`` (seed 2 of repeated runs)."""
+    return f"{method}-b{budget_tag(fraction)}" + ("" if seed is None else f"-s{seed}")
 
 
 def default_cache() -> Path:

@@ -115,6 +115,8 @@ class BenchSettings:
         search_seed: Seed of the search and the KD recovery (None: ``seed``). Repeats of a
             method with the shared baseline vary this one: the data split must stay the
             one the baseline was trained with.
+        seeds: Search + KD seeds each method is repeated with (the split and the baseline
+            stay): the spread a winner must beat. Empty: one run with ``search_seed``.
         threads: torch threads.
     """
 
@@ -140,6 +142,11 @@ class BenchSettings:
     seed: int = 0
     search_seed: int | None = None
     threads: int = 1
+    seeds: tuple[int, ...] = ()
+
+    def run_seeds(self) -> tuple[int | None, ...]:
+        """Seeds of the repeated runs (None: the single run of ``search_seed``)."""
+        return self.seeds or (None,)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,6 +317,7 @@ def method_config(
     profile: str,
     source: Path,
     weights: Path,
+    seed: int | None = None,
 ) -> RunConfig:
     """The run config of ``method`` at budget ``fraction``.
 
@@ -320,7 +328,11 @@ def method_config(
     goal: dict[str, Any] = {"speedup": 1.0 / fraction, "max_steps": settings.max_steps}
     return RunConfig.validate_dict(
         {
-            "seed": settings.seed if settings.search_seed is None else settings.search_seed,
+            "seed": seed
+            if seed is not None
+            else settings.seed
+            if settings.search_seed is None
+            else settings.search_seed,
             "profile": profile,
             "threads": settings.threads,
             "model": {"name": settings.model, "weights": str(weights)},
@@ -356,6 +368,7 @@ class MethodRun:
     report: dict[str, Any]
     status: str  # "ran", "resumed" or "cached"
     wall_s: float
+    seed: int | None = None  # of a repeated run (None: the single run)
 
 
 def run_method(

@@ -104,6 +104,7 @@ def method_row(
     fraction = run.fraction
     return {
         "method": run.method,
+        "seed": getattr(run, "seed", None),
         "model": name,
         "budget_fraction": fraction,
         "budget_ms": fraction * base_report["p50_ms"],
@@ -147,6 +148,7 @@ def refused_row(run: Any, base_report: Mapping[str, Any]) -> dict[str, Any]:
     fraction = run.fraction
     return {
         "method": run.method,
+        "seed": getattr(run, "seed", None),
         "budget_fraction": fraction,
         "budget_ms": fraction * base_report["p50_ms"],
         "meets_budget": False,
@@ -162,25 +164,65 @@ def refused_row(run: Any, base_report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def winners(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict]:
-    """Per budget: the most accurate (test top-1) method among those that meet it."""
+def seed_summary(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict]:
+    """Per budget and method: runs, how many met the budget, mean and spread (sample
+    standard deviation over seeds) of test top-1."""
     out = []
     for f in fractions:
-        at = [r for r in rows if r["budget_fraction"] == f]
-        ok = sorted((r for r in at if r["meets_budget"]), key=lambda r: -r["test_top1"])
-        entry: dict[str, Any] = {"budget_fraction": f, "meeting": [r["method"] for r in ok]}
-        if ok:
-            entry.update(winner=ok[0]["method"], test_top1=ok[0]["test_top1"])
-            if len(ok) > 1:
-                entry.update(
-                    runner_up=ok[1]["method"],
-                    margin_pp=100 * (ok[0]["test_top1"] - ok[1]["test_top1"]),
-                )
-            edge = [r for r in at if r["method"] == "edgeprune" and r["test_top1"] is not None]
-            if edge and ok[0]["method"] != "edgeprune":
-                entry["edgeprune_gap_pp"] = 100 * (edge[0]["test_top1"] - ok[0]["test_top1"])
-        else:
+        by: dict[str, list[Mapping[str, Any]]] = {}
+        for r in rows:
+            if r["budget_fraction"] == f:
+                by.setdefault(r["method"], []).append(r)
+        for method, rs in by.items():
+            accs = [r["test_top1"] for r in rs if r.get("test_top1") is not None]
+            out.append(
+                {
+                    "budget_fraction": f,
+                    "method": method,
+                    "seeds": [r.get("seed") for r in rs],
+                    "n": len(rs),
+                    "met": sum(bool(r.get("meets_budget")) for r in rs),
+                    "mean_top1": statistics.fmean(accs) if accs else None,
+                    "std_top1": statistics.stdev(accs) if len(accs) > 1 else None,
+                }
+            )
+    return out
+
+
+def winners(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float]) -> list[dict]:
+    """Per budget: the most accurate method (mean test top-1 over its seeds) among those
+    whose every run met it. A winner is *called* only when its margin over the runner-up
+    exceeds the larger of their seed spreads; with one seed per method there is no spread
+    and no call (``called`` None)."""
+    summary = seed_summary(rows, fractions)
+    out = []
+    for f in fractions:
+        at = [s for s in summary if s["budget_fraction"] == f]
+        ok = sorted(
+            (s for s in at if s["n"] and s["met"] == s["n"] and s["mean_top1"] is not None),
+            key=lambda s: -s["mean_top1"],
+        )
+        entry: dict[str, Any] = {"budget_fraction": f, "meeting": [s["method"] for s in ok]}
+        if not ok:
             entry["winner"] = None
+            out.append(entry)
+            continue
+        best = ok[0]
+        entry.update(winner=best["method"], test_top1=best["mean_top1"], seeds=best["n"])
+        if len(ok) > 1:
+            second = ok[1]
+            margin = best["mean_top1"] - second["mean_top1"]
+            spreads = [s["std_top1"] for s in (best, second) if s["std_top1"] is not None]
+            spread = max(spreads) if len(spreads) == 2 else None
+            entry.update(
+                runner_up=second["method"],
+                margin_pp=100 * margin,
+                spread_pp=None if spread is None else 100 * spread,
+                called=None if spread is None else margin > spread,
+            )
+        edge = [s for s in at if s["method"] == "edgeprune" and s["mean_top1"] is not None]
+        if edge and best["method"] != "edgeprune":
+            entry["edgeprune_gap_pp"] = 100 * (edge[0]["mean_top1"] - best["mean_top1"])
         out.append(entry)
     return out
 
@@ -254,6 +296,22 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
             f"{r['speedup_per_macs_ratio']:.2f} | "
             f"{r['kd_epochs']} | {_s(r['search_s'])} | {_s(r['finetune_s'])} |"
         )
+    fractions = sorted({r["budget_fraction"] for r in res["rows"]}, reverse=True)
+    summary = seed_summary(res["rows"], fractions)
+    if any(x["n"] > 1 for x in summary):
+        lines += [
+            "",
+            "## Over seeds (search + KD seed; same split and baseline)",
+            "",
+            "| budget | method | runs | met budget | test top-1 mean | spread (std) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for x in summary:
+            std = x["std_top1"]
+            lines.append(
+                f"| {100 * x['budget_fraction']:.0f}% | {x['method']} | {x['n']} | {x['met']} | "
+                f"{_pct(x['mean_top1'])} | {'-' if std is None else f'{100 * std:.2f} pp'} |"
+            )
     lines += [
         "",
         "## Winner per budget (most accurate method meeting it by the decision statistic)",
@@ -264,11 +322,23 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         if w["winner"] is None:
             lines.append(head + "no method met the budget in the final measurement.")
             continue
-        text = f"**{w['winner']}** ({_pct(w['test_top1'])})"
+        seeds = w.get("seeds", 1)
+        mean = "mean over seeds " if seeds > 1 else ""
+        text = f"**{w['winner']}** ({mean}{_pct(w['test_top1'])})"
         if "runner_up" in w and abs(w["margin_pp"]) < 1e-9:
             text += f", tied with {w['runner_up']}"
         elif "runner_up" in w:
             text += f", {w['margin_pp']:+.2f} pp over {w['runner_up']}"
+            if w.get("called") is True:
+                text += f", beyond the seeds' spread ({w['spread_pp']:.2f} pp): a win"
+            elif w.get("called") is False:
+                text = (
+                    f"**tie** (margin {w['margin_pp']:+.2f} pp within the seeds' spread "
+                    f"{w['spread_pp']:.2f} pp): {w['winner']} {_pct(w['test_top1'])}, "
+                    f"{w['runner_up']} next"
+                )
+            else:
+                text += " (one seed each: not a call)"
         if "edgeprune_gap_pp" in w:
             text += f"; edgeprune is {w['edgeprune_gap_pp']:+.2f} pp from it"
         lines.append(head + text + f" (met by: {', '.join(w['meeting'])}).")

@@ -30,10 +30,11 @@ METHODS = {
 BUDGETS = {0.5, 0.35}
 
 
-def _smoke(out: Path, cache: Path) -> tuple[dict, float]:
+def _smoke(out: Path, cache: Path, *extra: str) -> tuple[dict, float]:
     start = time.perf_counter()  # reported, never asserted: a loaded CI box is slow
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--cache", str(cache)]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--cache", str(cache)],
+        [*cmd, *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -96,3 +97,15 @@ def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
     assert again["baseline"]["cached"]
     assert {r["status"] for r in again["rows"]} == {"cached"}
     assert [r["test_top1"] for r in again["rows"]] == [r["test_top1"] for r in res["rows"]]
+
+
+@pytest.mark.slow
+def test_smoke_with_seeds_repeats_each_method_and_reports_the_spread(tmp_path):
+    if not ARCHIVE.is_file():
+        pytest.skip(f"needs the CIFAR-10 archive at {ARCHIVE}")
+    args = ("--seeds", "3", "4", "--methods", "uniform", "--budgets", "0.5")
+    res, _ = _smoke(tmp_path / "out", tmp_path / "cache", *args)
+    assert [(r["method"], r["seed"]) for r in res["rows"]] == [("uniform", 3), ("uniform", 4)]
+    assert {Path(r["run_dir"]).name for r in res["rows"]} == {"uniform-b50-s3", "uniform-b50-s4"}
+    md = (tmp_path / "out" / "cifar10_resnet20.md").read_text()
+    assert "## Over seeds" in md and "| 50% | uniform | 2 |" in md
