@@ -223,10 +223,12 @@ def _pct(d: dict | None) -> str:
     return head + f"{d['mape']:.1f} / {d['max_abs_pct']:.1f} / {d['mean_pct']:+.1f} (n={d['n']})"
 
 
-def _widths(r: dict) -> str:
+def _widths(r: dict, model: str) -> str:
     if r.get("keep"):
         return f"{sum(r['keep'].values())} channels in {len(r['keep'])} groups"
-    return str(r["stages"] or "[16, 32, 64]")
+    if r["stages"]:
+        return str(r["stages"])
+    return "[16, 32, 64]" if model in CIFAR_RESNETS else "unpruned"
 
 
 def render(res: dict) -> str:
@@ -265,7 +267,7 @@ def render(res: dict) -> str:
     ]
     for r in res["variants"]:
         lines.append(
-            f"| {r['name']} | {r['kind']} | {_widths(r)} | "
+            f"| {r['name']} | {r['kind']} | {_widths(r, res['model'])} | "
             f"{r['measured_ms']:.3f} | {r['lut_raw_ms']:.3f} | {r['lut_cal_ms']:.3f} |"
         )
     if curve:

@@ -128,7 +128,12 @@ def extract_archive(tar_path: Path, cache_dir: Path | None = None) -> Path:
                 else:  # Python < 3.10.12 without extraction filters; members checked above
                     tar.extractall(tmp, members=members)
             atomic_write_text(tmp / _EXTRACTED_MARKER, f"{tar_path.resolve()}\n")
-            if dest.exists():  # a half-finished earlier run (no marker): replace it
+            if (dest / _EXTRACTED_MARKER).is_file():
+                # Another process finished first and may be reading it: keep its copy
+                # (replacing it once broke a benchmark's second process mid-decode).
+                shutil.rmtree(tmp, ignore_errors=True)
+                return _data_root(dest)
+            if dest.exists():  # an extraction from before the marker existed: replace it
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
         except (tarfile.TarError, OSError, EOFError) as exc:

@@ -196,3 +196,26 @@ def test_digits_read_directly_match_sklearn() -> None:
     images, labels = _digits_arrays()
     bunch = load_digits()
     assert (images == bunch.images).all() and (labels == bunch.target).all()
+
+
+def test_a_second_extraction_keeps_the_copy_another_process_finished(
+    imagefolder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeprune.data.cache as cache
+
+    archive = _tar(imagefolder, tmp_path / "pets.tar.gz")
+    first = extract_archive(archive, tmp_path / "c")  # "the other process", finished
+    (first / "sentinel").write_text("being read")
+    marker = first / cache._EXTRACTED_MARKER
+    real_write = cache.atomic_write_text
+    marker.unlink()  # our process starts before the other one finished ...
+
+    def write(path: Path, text: str) -> None:
+        real_write(path, text)
+        if path.name == cache._EXTRACTED_MARKER:  # ... and ends after it
+            real_write(marker, "done\n")
+
+    monkeypatch.setattr(cache, "atomic_write_text", write)
+    assert extract_archive(archive, tmp_path / "c") == first
+    assert (first / "sentinel").read_text() == "being read"  # not replaced under its reader
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]  # tmp removed
