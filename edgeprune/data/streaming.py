@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
 from edgeprune.data.imagefolder import decode_image, is_imagefolder, scan_imagefolder
@@ -35,6 +36,8 @@ from edgeprune.data.splits import (
     stratified_split,
 )
 from edgeprune.errors import DataError
+
+_console = Console(stderr=True)
 
 __all__ = ["StreamingSplits", "decoded_bytes", "load_streaming"]
 
@@ -79,7 +82,6 @@ class StreamingSplits:
     std: tuple[float, float, float]
     workers: int = 2
     hflip_ok: bool = True
-    skipped: list[str] = field(default_factory=list)
 
     streaming = True
 
@@ -174,7 +176,10 @@ class StreamingSplits:
         for xb, yb in loader:
             ok = yb >= 0
             if not bool(ok.all()):
-                self.skipped.append(f"{int((~ok).sum())} unreadable image(s) in {split}")
+                _console.print(
+                    f"[yellow]warning:[/] skipped {int((~ok).sum())} unreadable image(s) of "
+                    f"the {split} split of {self.name} (Pillow cannot read them)"
+                )
                 xb, yb = xb[ok], yb[ok]
                 if xb.shape[0] == 0:
                     continue

@@ -91,3 +91,15 @@ def test_a_224px_imagefolder_compresses_streamed(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
     saved = json.loads((tmp_path / "run" / "model_pruned" / "spec.json").read_text())
     assert saved["input_shape"] == [1, 3, 224, 224]
+
+
+def test_an_unreadable_file_is_dropped_from_its_batch_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_imagefolder(tmp_path / "d", per_class=4, test_per_class=1)
+    st = load_streaming(root, image_size=32, val_fraction=0.25, seed=0, workers=0)
+    Path(st.files["train"][0]).write_bytes(b"not an image")
+    n = sum(int(y.shape[0]) for _, y in st.batches("train", 4, shuffle=False, augment=False,
+                                                  generator=None))  # fmt: skip
+    assert n == st.size("train") - 1
+    assert "skipped 1 unreadable image(s) of the train split" in capsys.readouterr().err
