@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cache", type=Path, help="baselines + runs ($EDGEPRUNE_CACHE/bench, else bench/.cache)"
     )
     p.add_argument("--data", default=str(DEFAULT_ARCHIVE), help="cifar10-jpg.tar.gz")
+    p.add_argument("--model", default=d.model, help="zoo model (see `edgeprune models`)")
     p.add_argument("--profile", default=d.profile, help="device profile name or YAML")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(d.methods))
     p.add_argument(
@@ -163,6 +164,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(
         archive=args.data,
         limit=args.limit or None,
+        model=args.model,
         baseline_epochs=args.epochs,
         profile=args.profile,
         budgets=tuple(args.budgets),
