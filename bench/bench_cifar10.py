@@ -49,6 +49,7 @@ from peer_methods import (
 )
 from peer_results import (
     BASELINE,
+    MADE_BY,
     RESULTS_VERSION,
     final_benchmark,
     method_row,
@@ -59,7 +60,7 @@ from peer_results import (
 )
 
 from edgeprune import __version__
-from edgeprune._io import atomic_write_text
+from edgeprune._io import atomic_write_json, atomic_write_text
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency.oracle import profile_fingerprint
 from edgeprune.models import load_model
@@ -147,27 +148,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="repeat every method with these search + KD seeds (mean and spread per budget)",
     )
+    p.add_argument(
+        "--one-seed",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="BUDGET",
+        help="budgets (added to --budgets) run with the first of --seeds only, e.g. 0.25",
+    )
     return p.parse_args(argv)
 
 
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     methods = tuple(m for m in METHODS if m in args.methods)
+    budgets = tuple(dict.fromkeys([*args.budgets, *args.one_seed]))
     if args.smoke:
         return dataclasses.replace(
             smoke_settings(args.data),
             methods=methods,
-            budgets=tuple(args.budgets),
+            budgets=budgets,
             seeds=tuple(args.seeds),
         )
-    if any(not 0 < b < 1 for b in args.budgets):
-        raise EdgepruneError(f"--budgets {args.budgets}: each must be a fraction in (0, 1)")
+    if any(not 0 < b < 1 for b in budgets):
+        raise EdgepruneError(f"--budgets {list(budgets)}: each must be a fraction in (0, 1)")
     return BenchSettings(
         archive=args.data,
         limit=args.limit or None,
         model=args.model,
         baseline_epochs=args.epochs,
         profile=args.profile,
-        budgets=tuple(args.budgets),
+        budgets=budgets,
         methods=methods,
         weights=args.weights,
         steps=args.steps,
@@ -215,6 +225,19 @@ def environment() -> dict[str, Any]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
+    try:  # uncommitted changes to the code that makes or reports the runs
+        env["git_dirty"] = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--", "edgeprune", "bench/*.py"],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        env["git_dirty"] = None
     return env
 
 
@@ -241,10 +264,20 @@ def measure_baseline(
 
 
 def run(
-    settings: BenchSettings, *, out: Path, cache: Path, smoke: bool, console: Console
+    settings: BenchSettings,
+    *,
+    out: Path,
+    cache: Path,
+    smoke: bool,
+    console: Console,
+    one_seed: tuple[float, ...] = (),
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the results dict (also written to ``out``)."""
+    """The whole benchmark; returns the results dict (also written to ``out``).
+
+    Budgets in ``one_seed`` run with the first seed only (a costly extra budget).
+    """
     t0 = time.perf_counter()
+    env = environment()
     torch.set_num_threads(settings.threads)
     timings: dict[str, float] = {}
     console.rule("[bold]data")
@@ -285,8 +318,12 @@ def run(
     root = cache / "runs" / f"{settings.model}-{key}"
     runs = []
     t = time.perf_counter()
+    first_seed = settings.run_seeds()[0]
+    made_by = {k: env[k] for k in ("git_commit", "git_dirty", "code_version")}
     for seed in settings.run_seeds():
         for fraction in settings.budgets:
+            if fraction in one_seed and seed != first_seed:
+                continue
             for method in settings.methods:
                 tag = run_name(method, fraction, seed)
                 console.rule(f"[bold]{tag}[/] ({100 * fraction:.0f}% of the baseline p50)")
@@ -300,6 +337,8 @@ def run(
                     seed=seed,
                 )
                 mr = run_method(method, fraction, cfg, root / tag, console)
+                if mr.status != "cached":
+                    atomic_write_json(root / tag / MADE_BY, made_by)
                 mr = dataclasses.replace(mr, seed=seed)
                 console.print(f"{tag}: {mr.status} in {mr.wall_s:.0f} s")
                 runs.append(mr)
@@ -350,7 +389,8 @@ def run(
         "smoke": smoke,
         "command": " ".join(["python", "bench/bench_cifar10.py", *sys.argv[1:]]),
         "settings": settings.to_dict(),
-        "environment": environment(),
+        "environment": env,
+        "one_seed_budgets": list(one_seed),
         "profile": profile.model_dump(mode="json"),
         "data": {"source": str(info.source), **info.data.summary()},
         "baseline": base_row,
@@ -391,7 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
         out = args.out or (RESULTS / "smoke" if args.smoke else RESULTS)
         cache = args.cache or default_cache()
-        run(settings, out=out, cache=cache, smoke=args.smoke, console=console)
+        run(
+            settings,
+            out=out,
+            cache=cache,
+            smoke=args.smoke,
+            console=console,
+            one_seed=tuple(args.one_seed),
+        )
     except EdgepruneError as exc:
         console.print(f"[red]error:[/] {exc}")
         return 2

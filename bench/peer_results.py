@@ -10,6 +10,7 @@ truth; the Markdown table and the plot are rendered from it.
 from __future__ import annotations
 
 import io
+import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +30,14 @@ from edgeprune.targets.stats import block_ratio
 
 RESULTS_VERSION = 1
 BASELINE = "baseline"
+# Written into a run's folder by the code that made the run (commit, code hash).
+MADE_BY = "made_by.json"
+
+
+def made_by(run_dir: Path) -> dict[str, Any] | None:
+    """Who made the run in ``run_dir`` (None for runs older than the record)."""
+    path = Path(run_dir) / MADE_BY
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def final_benchmark(
@@ -137,6 +146,7 @@ def method_row(
         "run_s": timing.get("total"),
         "status": run.status,
         "run_dir": str(run.run_dir),
+        "made_by": made_by(run.run_dir),
         "onnx_sha256": measured["onnx_sha256"],
         "p50_ms_repeats": measured["p50_ms_repeats"],
         "speedup_repeats": measured["speedup_repeats"],
@@ -161,6 +171,7 @@ def refused_row(run: Any, base_report: Mapping[str, Any]) -> dict[str, Any]:
         "p50_ms": None,
         "status": run.status,
         "run_dir": str(run.run_dir),
+        "made_by": made_by(run.run_dir),
     }
 
 
@@ -242,6 +253,22 @@ def _s(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def provenance_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Which commit (and code hash) made the rows: one code version per table."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        m = r.get("made_by")
+        who = (
+            "unrecorded"
+            if not m
+            else f"commit {m.get('git_commit') or '?'}"
+            + (" with uncommitted changes" if m.get("git_dirty") else "")
+            + f", code {m.get('code_version')}"
+        )
+        counts[who] = counts.get(who, 0) + 1
+    return "Rows made by: " + "; ".join(f"{who} ({n} rows)" for who, n in counts.items()) + "."
+
+
 def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
     """The results as Markdown (rendered from the results dict only)."""
     env, base, st = res["environment"], res["baseline"], res["settings"]
@@ -312,6 +339,7 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
                 f"| {100 * x['budget_fraction']:.0f}% | {x['method']} | {x['n']} | {x['met']} | "
                 f"{_pct(x['mean_top1'])} | {'-' if std is None else f'{100 * std:.2f} pp'} |"
             )
+    lines += ["", provenance_line(res["rows"])]
     lines += [
         "",
         "## Winner per budget (most accurate method meeting it by the decision statistic)",

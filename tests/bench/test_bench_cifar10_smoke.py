@@ -103,9 +103,23 @@ def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
 def test_smoke_with_seeds_repeats_each_method_and_reports_the_spread(tmp_path):
     if not ARCHIVE.is_file():
         pytest.skip(f"needs the CIFAR-10 archive at {ARCHIVE}")
-    args = ("--seeds", "3", "4", "--methods", "uniform", "--budgets", "0.5")
+    args = ("--seeds", "3", "4", "--methods", "uniform", "--budgets", "0.5", "--one-seed", "0.35")
     res, _ = _smoke(tmp_path / "out", tmp_path / "cache", *args)
-    assert [(r["method"], r["seed"]) for r in res["rows"]] == [("uniform", 3), ("uniform", 4)]
-    assert {Path(r["run_dir"]).name for r in res["rows"]} == {"uniform-b50-s3", "uniform-b50-s4"}
+    # 0.35 is an extra budget run with the first seed only.
+    assert [(r["method"], r["budget_fraction"], r["seed"]) for r in res["rows"]] == [
+        ("uniform", 0.5, 3),
+        ("uniform", 0.35, 3),
+        ("uniform", 0.5, 4),
+    ]
+    assert {Path(r["run_dir"]).name for r in res["rows"]} == {
+        "uniform-b50-s3",
+        "uniform-b35-s3",
+        "uniform-b50-s4",
+    }
+    assert res["one_seed_budgets"] == [0.35]
+    # Every row records the code that made it, and the table says so.
+    code = res["environment"]["code_version"]
+    assert {r["made_by"]["code_version"] for r in res["rows"]} == {code}
     md = (tmp_path / "out" / "cifar10_resnet20.md").read_text()
-    assert "## Over seeds" in md and "| 50% | uniform | 2 |" in md
+    assert "## Over seeds" in md and "| 50% | uniform | 2 |" in md and "| 35% | uniform | 1 |" in md
+    assert f"code {code} (3 rows)" in md
