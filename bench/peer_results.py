@@ -280,7 +280,10 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         f"logical cores, 1-min load avg {_num(env.get('load_avg_1m'))}), "
         f"onnxruntime {env['onnxruntime']}, "
         f"torch {env['torch']}, torch-pruning {env.get('torch_pruning')}, edgeprune "
-        f"{env['edgeprune']} (commit {env.get('git_commit') or '-'}). Created {res['created']}.",
+        f"{env['edgeprune']} (commit {env.get('git_commit') or '-'}"
+        + (" with uncommitted changes" if env.get("git_dirty") else "")
+        + (f", code {env['code_version']}" if env.get("code_version") else "")
+        + f"). Created {res['created']}.",
         "",
         f"Data: {res['data']['train']} train / {res['data']['val']} val / {res['data']['test']} "
         f"test images. Baseline: {st['baseline_epochs']} epochs, test top-1 "
