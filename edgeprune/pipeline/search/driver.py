@@ -350,7 +350,7 @@ def _one_step(
     groups = build_groups(model, ctx.example, ignored_layers=cfg.search.ignored_layers)
     _check_same_groups(ctx.start_groups, groups)
     step = st.step + 1
-    index = st.step
+    index = goal.first_open(st.step, st.value)
     final = goal.is_final(index)
     target = goal.target(index)
     tol = cfg.search.landing_tolerance

@@ -44,6 +44,14 @@ class Goal:
     def is_final(self, step: int) -> bool:
         return step + 1 >= self.steps
 
+    def first_open(self, step: int, value: float) -> int:
+        """The first step from ``step`` whose target lies below ``value`` (the final step at
+        the latest). A step the model already meets (depth pruning or an earlier step landed
+        below it) is skipped: planning onto it would remove nothing, which ends a search."""
+        while not self.is_final(step) and self.target(step) >= value:
+            step += 1
+        return step
+
 
 def goal_from(config: RunConfig, baseline_ms: float, base_macs: int, base_channels: int) -> Goal:
     """The run's goal in cost units (see :class:`Goal`)."""
