@@ -404,22 +404,42 @@ MARKERS = ("o", "s", "^", "D", "v")
 
 
 def plot_accuracy_vs_latency(res: Mapping[str, Any]) -> bytes:
-    """Test top-1 vs measured p50 of every method at every budget, baseline and budgets."""
+    """Test top-1 vs measured p50: every run as a point (marker: budget; hollow: missed it),
+    one line per method through its per-budget means (the Pareto view), baseline, budgets."""
     fig, ax = plt.subplots(figsize=(8, 5))
     fractions = [b["fraction"] for b in res["budgets"]]
+    means: dict[str, dict[float, list[tuple[float, float]]]] = {}
     for r in res["rows"]:
         if r.get("p50_ms") is None:
             continue  # refused: no model
-        marker = MARKERS[fractions.index(r["budget_fraction"]) % len(MARKERS)]
+        acc = 100 * (r["test_top1"] or 0.0)
+        color = COLORS.get(r["method"], "tab:gray")
         ax.scatter(
             r["p50_ms"],
-            100 * (r["test_top1"] or 0.0),
-            marker=marker,
-            s=70,
-            color=COLORS.get(r["method"], "tab:gray"),
-            edgecolor="black",
+            acc,
+            marker=MARKERS[fractions.index(r["budget_fraction"]) % len(MARKERS)],
+            s=55,
+            color=color if r["meets_budget"] else "white",
+            edgecolor=color if not r["meets_budget"] else "black",
+            linewidths=1.2,
+            alpha=0.85,
             zorder=4,
-            label=f"{r['method']} @ {100 * r['budget_fraction']:.0f}%",
+        )
+        means.setdefault(r["method"], {}).setdefault(r["budget_fraction"], []).append(
+            (r["p50_ms"], acc)
+        )
+    for method, per_budget in means.items():
+        pts = sorted(
+            (statistics.fmean(x for x, _ in v), statistics.fmean(y for _, y in v))
+            for v in per_budget.values()
+        )
+        ax.plot(
+            [x for x, _ in pts],
+            [y for _, y in pts],
+            color=COLORS.get(method, "tab:gray"),
+            linewidth=1.6,
+            zorder=3,
+            label=f"{method} (mean per budget)",
         )
     base = res["baseline"]
     if base["test_top1"] is not None:
@@ -449,7 +469,12 @@ def plot_accuracy_vs_latency(res: Mapping[str, Any]) -> bytes:
     title = f"CIFAR-10 {res['settings']['model']}: accuracy vs measured latency"
     ax.set_title(title + (" (smoke)" if res["smoke"] else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best", ncol=2)
+    ax.legend(
+        fontsize=7,
+        loc="best",
+        title="markers: budget; hollow: missed it",
+        title_fontsize=7,
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
