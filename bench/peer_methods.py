@@ -10,6 +10,7 @@ Only the searcher, the channel rounding, the criterion and depth pruning differ:
 method              searcher    rounding depth where the channels go
 =================== =========== ======== ===== =========================================
 edgeprune           rl          yes      auto  RL on top of knapsack + magnitude (accuracy)
+edgeprune-width     rl          yes      off   the same, channels only (ablation)
 knapsack            knapsack    yes      auto  most importance per ms (HALP-style)
 knapsack-width      knapsack    yes      off   the same, channels only (ablation)
 rl-flops            rl-flops    yes      off   RL-Pruner's FLOPs reward
@@ -49,6 +50,7 @@ from edgeprune.pipeline.train import evaluate, train
 
 METHODS: tuple[str, ...] = (
     "edgeprune",
+    "edgeprune-width",
     "knapsack",
     "knapsack-width",
     "rl-flops",
@@ -69,7 +71,7 @@ class MethodSpec:
             (magnitude: Torch-Pruning's L2).
         depth: ``search.depth``: ``auto`` weighs dropping residual blocks (edgeprune's
             searchers), ``off`` prunes channels only (the peers, as their users run them,
-            and ``knapsack-width``, the channel-only ablation).
+            and ``edgeprune-width``/``knapsack-width``, the channel-only ablations).
     """
 
     searcher: str
@@ -80,6 +82,7 @@ class MethodSpec:
 
 SPECS: dict[str, MethodSpec] = {
     "edgeprune": MethodSpec("rl", True, "l1", "auto"),
+    "edgeprune-width": MethodSpec("rl", True, "l1", "off"),
     "knapsack": MethodSpec("knapsack", True, "l1", "auto"),
     "knapsack-width": MethodSpec("knapsack", True, "l1", "off"),
     "rl-flops": MethodSpec("rl-flops", True, "l1"),

@@ -393,6 +393,7 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
 
 COLORS = {
     "edgeprune": "tab:red",
+    "edgeprune-width": "tab:pink",
     "rl-flops": "tab:purple",
     "uniform": "tab:green",
     "magnitude": "tab:orange",
