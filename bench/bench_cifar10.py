@@ -156,6 +156,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BUDGET",
         help="budgets (added to --budgets) run with the first of --seeds only, e.g. 0.25",
     )
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report the runs already in the cache and start none (tables from parts)",
+    )
     return p.parse_args(argv)
 
 
@@ -271,6 +276,7 @@ def run(
     smoke: bool,
     console: Console,
     one_seed: tuple[float, ...] = (),
+    cached_only: bool = False,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the results dict (also written to ``out``).
 
@@ -326,6 +332,11 @@ def run(
                 continue
             for method in settings.methods:
                 tag = run_name(method, fraction, seed)
+                if cached_only and not any(
+                    (root / tag / f).is_file() for f in ("report.json", "refused.json")
+                ):
+                    console.print(f"{tag}: not in the cache, left out (--cached-only)")
+                    continue
                 console.rule(f"[bold]{tag}[/] ({100 * fraction:.0f}% of the baseline p50)")
                 cfg = method_config(
                     settings,
@@ -391,6 +402,7 @@ def run(
         "settings": settings.to_dict(),
         "environment": env,
         "one_seed_budgets": list(one_seed),
+        "cached_only": cached_only,
         "profile": profile.model_dump(mode="json"),
         "data": {"source": str(info.source), **info.data.summary()},
         "baseline": base_row,
@@ -438,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             smoke=args.smoke,
             console=console,
             one_seed=tuple(args.one_seed),
+            cached_only=args.cached_only,
         )
     except EdgepruneError as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -123,3 +123,20 @@ def test_smoke_with_seeds_repeats_each_method_and_reports_the_spread(tmp_path):
     md = (tmp_path / "out" / "cifar10_resnet20.md").read_text()
     assert "## Over seeds" in md and "| 50% | uniform | 2 |" in md and "| 35% | uniform | 1 |" in md
     assert f"code {code} (3 rows)" in md
+    # --cached-only assembles a table from the cache and starts no run.
+    again, _ = _smoke(
+        tmp_path / "out2",
+        tmp_path / "cache",
+        *args[:4],
+        "uniform",
+        "magnitude",
+        *args[5:],
+        "--cached-only",
+    )
+    assert again["cached_only"] is True
+    assert [(r["method"], r["budget_fraction"], r["seed"]) for r in again["rows"]] == [
+        ("uniform", 0.5, 3),
+        ("uniform", 0.35, 3),
+        ("uniform", 0.5, 4),
+    ]
+    assert not (Path(again["run_root"]) / "magnitude-b50-s3").exists()
