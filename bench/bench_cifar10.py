@@ -219,31 +219,22 @@ def environment() -> dict[str, Any]:
     env["edgeprune"] = __version__
     env["code_version"] = code_version()
     env["torch_pruning"] = importlib.metadata.version("torch-pruning")
+    commit = _git("rev-parse", "--short", "HEAD")
+    env["git_commit"] = commit or None
+    # Uncommitted changes to the code that makes or reports the runs.
+    status = _git("status", "--porcelain", "--", "edgeprune", "bench/*.py")
+    env["git_dirty"] = None if status is None else bool(status)
+    return env
+
+
+def _git(*args: str) -> str | None:
+    """``git args`` in the repo, stripped stdout; None where git is missing or fails."""
     try:
-        env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
-    try:  # uncommitted changes to the code that makes or reports the runs
-        env["git_dirty"] = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--", "edgeprune", "bench/*.py"],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        env["git_dirty"] = None
-    return env
+        return None
 
 
 def code_version() -> str:
