@@ -20,6 +20,7 @@ SCRIPT = REPO / "bench" / "bench_cifar10.py"
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 METHODS = {
     "edgeprune",
+    "edgeprune-width",
     "knapsack",
     "knapsack-width",
     "rl-flops",
