@@ -42,6 +42,7 @@ from peer_methods import (
     BenchSettings,
     budget_tag,
     digest,
+    is_finished,
     method_config,
     prepare_data,
     run_method,
@@ -323,9 +324,7 @@ def run(
                 continue
             for method in settings.methods:
                 tag = run_name(method, fraction, seed)
-                if cached_only and not any(
-                    (root / tag / f).is_file() for f in ("report.json", "refused.json")
-                ):
+                if cached_only and not is_finished(root / tag):
                     console.print(f"{tag}: not in the cache, left out (--cached-only)")
                     continue
                 console.rule(f"[bold]{tag}[/] ({100 * fraction:.0f}% of the baseline p50)")

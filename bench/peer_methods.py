@@ -374,6 +374,14 @@ class MethodRun:
     seed: int | None = None  # of a repeated run (None: the single run)
 
 
+REFUSED = "refused.json"  # a method's refusal of the budget, in place of its report
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run :func:`run_method` would reuse: a report, or a recorded refusal."""
+    return (run_dir / "report.json").is_file() or (run_dir / REFUSED).is_file()
+
+
 def run_method(
     method: str, fraction: float, config: RunConfig, run_dir: Path, console: Console
 ) -> MethodRun:
@@ -391,7 +399,7 @@ def run_method(
     if report_path.is_file():
         report = json.loads(report_path.read_text(encoding="utf-8"))
         return MethodRun(method, fraction, run_dir, report, "cached", time.perf_counter() - t)
-    refused_path = run_dir / "refused.json"
+    refused_path = run_dir / REFUSED
     if refused_path.is_file():
         report = json.loads(refused_path.read_text(encoding="utf-8"))
         return MethodRun(method, fraction, run_dir, report, "refused", time.perf_counter() - t)

@@ -253,18 +253,21 @@ def _s(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _code(m: Mapping[str, Any]) -> str:
+    """``commit X[ with uncommitted changes][, code Y]`` from an environment or made_by."""
+    return (
+        f"commit {m.get('git_commit') or '-'}"
+        + (" with uncommitted changes" if m.get("git_dirty") else "")
+        + (f", code {m['code_version']}" if m.get("code_version") else "")
+    )
+
+
 def provenance_line(rows: Sequence[Mapping[str, Any]]) -> str:
     """Which commit (and code hash) made the rows: one code version per table."""
     counts: dict[str, int] = {}
     for r in rows:
         m = r.get("made_by")
-        who = (
-            "unrecorded"
-            if not m
-            else f"commit {m.get('git_commit') or '?'}"
-            + (" with uncommitted changes" if m.get("git_dirty") else "")
-            + f", code {m.get('code_version')}"
-        )
+        who = _code(m) if m else "unrecorded"
         counts[who] = counts.get(who, 0) + 1
     return "Rows made by: " + "; ".join(f"{who} ({n} rows)" for who, n in counts.items()) + "."
 
@@ -280,10 +283,7 @@ def render_markdown(res: Mapping[str, Any], plot_name: str) -> str:
         f"logical cores, 1-min load avg {_num(env.get('load_avg_1m'))}), "
         f"onnxruntime {env['onnxruntime']}, "
         f"torch {env['torch']}, torch-pruning {env.get('torch_pruning')}, edgeprune "
-        f"{env['edgeprune']} (commit {env.get('git_commit') or '-'}"
-        + (" with uncommitted changes" if env.get("git_dirty") else "")
-        + (f", code {env['code_version']}" if env.get("code_version") else "")
-        + f"). Created {res['created']}.",
+        f"{env['edgeprune']} ({_code(env)}). Created {res['created']}.",
         "",
         f"Data: {res['data']['train']} train / {res['data']['val']} val / {res['data']['test']} "
         f"test images. Baseline: {st['baseline_epochs']} epochs, test top-1 "
