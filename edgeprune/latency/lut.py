@@ -172,17 +172,26 @@ def _grid_points(
 
 def slow_counts(axis: tuple[int, ...], step: int) -> tuple[int, ...]:
     """Up to three counts off the aligned grid spread over ``axis`` (a third, two thirds,
-    the top less one), or none when the axis is one fixed width (an image's 3 channels)."""
+    the top less one), or none when the axis is one fixed width (an image's 3 channels) or
+    when no valid count is off it: a grouped conv whose channel step (its group count) is a
+    multiple of :data:`ALIGN` only ever has aligned widths, so it has no slow path to time.
+
+    Candidates are multiples of ``step`` (the only widths pruning can produce); each search
+    walks at most ``len(axis) + ALIGN`` multiples up, since among any ``ALIGN`` consecutive
+    multiples of a step that is not itself a multiple of ``ALIGN`` one is off the grid.
+    """
     top = axis[-1]
-    if len(axis) == 1 or top < 2 * ALIGN:
+    if len(axis) == 1 or top < 2 * ALIGN or step % ALIGN == 0:
         return ()
     out = set()
-    for c in (top // 3, 2 * top // 3, top - 1):
-        c = max(c, ALIGN + 1)
-        while c % ALIGN == 0 or c % step or c in axis:
-            c += 1
-        if c < top:
-            out.add(c)
+    for start in (top // 3, 2 * top // 3, top - 1):
+        first = -(-max(start, ALIGN + 1) // step) * step  # round up to a multiple of step
+        for k in range(len(axis) + ALIGN):
+            c = first + k * step
+            if c % ALIGN and c not in axis:
+                if c < top:
+                    out.add(c)
+                break
     return tuple(sorted(out))
 
 
@@ -442,7 +451,8 @@ class LatencyLUT:
         for s in specs:
             by_cfg[s.config.key()].append(s)
         tables: dict[str, LayerTable] = {}
-        for key, group in by_cfg.items():
+        for n_table, (key, group) in enumerate(by_cfg.items(), 1):
+            t_table, n_before = time.perf_counter(), meas.points_measured
             cfg = group[0].config
             step = multiple * cfg.channel_step // math.gcd(multiple, cfg.channel_step)
             cstep = cfg.channel_step
@@ -466,8 +476,12 @@ class LatencyLUT:
             )
             tables[key] = LayerTable(cfg, axis_in, axis_out, grid, slow)
             if progress:
+                done = meas.points_measured - n_before
+                how = f"{done} points measured" if done else "from the cache"
                 (print if progress is True else progress)(
-                    f"{cfg.kind} k{cfg.kernel[0]} s{cfg.stride[0]} {cfg.in_hw}: {key}"
+                    f"latency table {n_table}/{len(by_cfg)}: {cfg.describe()} "
+                    f"({len(group)} layer{'s' * (len(group) > 1)}): {how}, "
+                    f"{time.perf_counter() - t_table:.1f} s"
                 )
         return cls(
             profile=profile.name,

@@ -80,6 +80,15 @@ class LayerConfig:
         kw: dict[str, Any] = {k: tuple(v) if k in pairs else v for k, v in d.items()}
         return cls(**kw)
 
+    def describe(self) -> str:
+        """What a user reads in the build's progress: ``conv 3x3 s2 grouped(4) @32x32``."""
+        if self.kind == "linear":
+            return f"linear x{self.batch}"
+        mode = {"dense": "", "depthwise": " depthwise", "grouped": f" grouped({self.groups})"}
+        kh, kw = self.kernel
+        h, w = self.in_hw
+        return f"conv {kh}x{kw} s{self.stride[0]}{mode[self.groups_mode]} @{h}x{w}"
+
     @property
     def channel_step(self) -> int:
         """Channel counts must stay multiples of this (the group count of a grouped conv)."""

@@ -196,7 +196,10 @@ def _setup(
         console.print(f"[bold]latency lookup table[/] for {spec.name} on {profile.name} ...")
         # A multiple the config or the profile sets is the LUT's too; else it discovers one.
         predictor = LatencyLUT.build(
-            base, profile, channel_multiple=multiple if multiple > 1 else None, progress=True
+            base,
+            profile,
+            channel_multiple=multiple if multiple > 1 else None,
+            progress=console.print,
         )
         multiple = predictor.channel_multiple
     if not config.search.round_to_multiple:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edgeprune.errors import ModelError
 from edgeprune.latency.lut import LatencyLUT, grid_axis, layer_channels
@@ -199,3 +200,50 @@ def test_slow_counts_are_off_the_aligned_grid_and_inside_the_axis() -> None:
     assert counts and all(c % ALIGN and c < 64 for c in counts)
     assert slow_counts((4, 8, 16, 32), 2) == tuple(c for c in slow_counts((4, 8, 16, 32), 2))
     assert all(c % 2 == 0 and c % ALIGN for c in slow_counts((4, 8, 16, 32), 2))
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4, 8, 16])
+def test_grouped_conv_grids_end_and_hold_only_valid_widths(groups: int) -> None:
+    """Every grid and slow-path count of a grouped conv is a multiple of its group count,
+    for group widths 4 to 24; a step that is a multiple of ALIGN (4, 8, 16 groups) has no
+    slow path at all (it once sent the build into an endless loop)."""
+    from edgeprune.latency.lut import ALIGN, slow_counts
+
+    for width in range(4, 25):
+        top = groups * width
+        axis = grid_axis([top], groups, 8, groups)
+        assert all(c % groups == 0 for c in axis) and axis[-1] == top
+        slow = slow_counts(axis, groups)
+        assert all(c % groups == 0 and c % ALIGN and c < top and c not in axis for c in slow)
+        if groups % ALIGN == 0:
+            assert slow == ()
+
+
+class _Grouped(torch.nn.Module):
+    """The issue's reproducers: 48 channels in 4 groups, 64 in 8, beside 3 groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 48, 3, padding=1)
+        self.b = torch.nn.Conv2d(48, 48, 3, padding=1, groups=4)
+        self.c = torch.nn.Conv2d(48, 64, 1)
+        self.d = torch.nn.Conv2d(64, 64, 3, padding=1, groups=8)
+        self.e = torch.nn.Conv2d(64, 48, 1)
+        self.f = torch.nn.Conv2d(48, 48, 3, padding=1, groups=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(self.e(self.d(self.c(self.b(self.a(x))))))
+
+
+def test_lut_build_on_grouped_convs_ends_and_predicts(profile, tmp_path: Path) -> None:
+    lines: list[str] = []
+    model = _Grouped()
+    lut = LatencyLUT.build(
+        model, profile, cache_dir=tmp_path, channel_multiple=8, max_points_per_axis=2,
+        passes=1, progress=lines.append,
+    )  # fmt: skip
+    assert {t.config.groups for t in lut.tables.values()} >= {3, 4, 8}
+    assert lut.predict_ms(model) > 0
+    # progress names the layer type and the work, not a cache hash
+    assert any("grouped(8)" in line and "points measured" in line for line in lines)
+    assert not any(t in " ".join(lines) for t in lut.tables)

@@ -21,11 +21,13 @@ Torch-Pruning's traps, handled here rather than trusted:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -192,10 +194,18 @@ def build_groups(
     except EdgepruneError as exc:
         raise PruningError(f"{name}: {exc}") from exc
     _check_static_control_flow(work, x, first_calls, name)
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(work, x, verbose=False)
-    _check_all_layers_traced(work, graph, x, name)
-    raw = _trace_groups(work, graph, ignored)
+    unmapped: dict[Any, str] = {}
+    with _tolerant_index_mapping(unmapped):
+        try:
+            with torch.enable_grad():
+                graph = tp.DependencyGraph().build_dependency(work, x, verbose=False)
+        except Exception as exc:
+            raise PruningError(
+                f"Torch-Pruning cannot trace {name} ({type(exc).__name__}: {_first_line(exc)})"
+                " — make the forward traceable by autograd, or prune a submodule"
+            ) from exc
+        _check_all_layers_traced(work, graph, x, name)
+        raw = _trace_groups(work, graph, ignored, unmapped)
     macs, params, layer_macs = _layer_macs(work, x)
     infos = [
         GroupInfo(
@@ -232,6 +242,46 @@ def build_groups(
     )
 
 
+@contextlib.contextmanager
+def _tolerant_index_mapping(failed: dict[Any, str]) -> Iterator[None]:
+    """Torch-Pruning's index mapping, with each op's mapping tried on its own.
+
+    Torch-Pruning maps channel indices through concat, split, reshape, ... at the end of
+    ``build_dependency`` and again in every ``get_pruning_group``; on some graphs one of those
+    raises (ShuffleNetV2's channel shuffle: ``ZeroDivisionError`` in its reshape mapping) and
+    takes the whole model down. Inside this context an op whose mapping fails is recorded in
+    ``failed`` (node -> what failed) and skipped, so the groups through it are frozen with
+    that reason and the rest of the model still prunes. Equal to Torch-Pruning's own loop
+    (Torch-Pruning 1.6.1) when nothing fails.
+    """
+    mapping = tp.dependency.index_mapping
+    strict = mapping.update_index_mapping
+    kinds = {
+        tp.ops.OPTYPE.CONCAT: mapping.update_concat_index_mapping,
+        tp.ops.OPTYPE.SPLIT: mapping.update_split_index_mapping,
+        tp.ops.OPTYPE.RESHAPE: mapping.update_reshape_index_mapping,
+        tp.ops.OPTYPE.UNBIND: mapping.update_unbind_index_mapping,
+        tp.ops.OPTYPE.EXPAND: mapping.update_expand_index_mapping,
+        tp.ops.OPTYPE.SLICE: mapping.update_slice_index_mapping,
+    }
+
+    def tolerant(graph: tp.DependencyGraph) -> None:
+        for node in graph.module2node.values():
+            update = kinds.get(node.type)
+            if update is None or node in failed:
+                continue
+            try:
+                update(graph, node)
+            except Exception as exc:
+                failed[node] = f"its {node.type.name.lower()} op ({_first_line(exc)})"
+
+    mapping.update_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        mapping.update_index_mapping = strict
+
+
 @dataclass(frozen=True)
 class _RawGroup:
     name: str
@@ -244,9 +294,13 @@ class _RawGroup:
 
 
 def _trace_groups(
-    model: nn.Module, graph: tp.DependencyGraph, ignored: tuple[str, ...]
+    model: nn.Module,
+    graph: tp.DependencyGraph,
+    ignored: tuple[str, ...],
+    unmapped: Mapping[Any, str] | None = None,
 ) -> list[_RawGroup]:
     """Walk candidate roots in definition order (not trace order) so ids and names are stable."""
+    unmapped = unmapped or {}
     module_names = {m: n for n, m in model.named_modules()}
     visited: set[nn.Module] = set()
     raw: list[_RawGroup] = []
@@ -262,8 +316,11 @@ def _trace_groups(
         group = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(width)))
         ops: list[MemberOp] = []
         reasons: list[str] = []
+        out_of_range: list[str] = []
         for item in group:
             dep, node = item.dep, item.dep.target
+            if node in unmapped:
+                reasons.append(f"Torch-Pruning cannot map channels through {unmapped[node]}")
             is_out = graph.is_out_channel_pruning_fn(dep.handler)
             if is_out and not node.outputs:
                 reasons.append("produces a model output (classifier or head)")
@@ -278,6 +335,12 @@ def _trace_groups(
             if any(r is None for r in item.root_idxs):
                 reasons.append(f"index mapping through {layer} is not traceable")
                 continue
+            size = _dim_size(graph, node, is_out)
+            if size is not None and any(not 0 <= int(i) < size for i in item.idxs):
+                # Torch-Pruning maps indices through a split/chunk feeding a concat (YOLOv8's
+                # C2f) or a reshape past the layer's own channels: cutting them would fail.
+                out_of_range.append(layer)
+                continue
             ops.append(
                 MemberOp(
                     layer=layer,
@@ -288,6 +351,13 @@ def _trace_groups(
                     idxs=tuple(int(i) for i in item.idxs),
                     root_idxs=tuple(int(i) for i in item.root_idxs),
                 )
+            )
+        if out_of_range:
+            names = list(dict.fromkeys(out_of_range))
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            reasons.append(
+                "Torch-Pruning maps its channels out of range through a split/concat or "
+                f"reshape ({', '.join(names[:3])}{more})"
             )
         hit = sorted({op.layer for op in ops if op.is_out and op.layer in ignored})
         if hit:
@@ -310,6 +380,21 @@ def _trace_groups(
             )
         )
     return raw
+
+
+def _dim_size(graph: tp.DependencyGraph, node: Any, is_out: bool) -> int | None:
+    """Channels of the dimension a member op cuts (None when Torch-Pruning cannot say)."""
+    mod = node.module
+    if isinstance(mod, nn.Parameter):
+        return int(mod.shape[node.pruning_dim % mod.dim()]) if mod.dim() else None
+    pruner = graph.get_pruner_of_module(mod)
+    if pruner is None:
+        return None
+    try:
+        size = pruner.get_out_channels(mod) if is_out else pruner.get_in_channels(mod)
+    except Exception:  # a pruner without channels for this layer type
+        return None
+    return int(size) if size else None
 
 
 def _get(model: nn.Module, name: str) -> nn.Module | None:
@@ -363,10 +448,15 @@ def _check_all_layers_traced(
     model: nn.Module, graph: tp.DependencyGraph, x: torch.Tensor, name: str
 ) -> None:
     """Layers with weights the trace never reached would keep stale channel counts."""
+    # A module that owns a bare parameter beside its children (ConvNeXt's layer scale
+    # ``gamma``) is no node itself: Torch-Pruning traces the parameter as its own node.
     missed = [
         n
         for n, m in model.named_modules()
-        if n and any(True for _ in m.parameters(recurse=False)) and m not in graph.module2node
+        if n
+        and any(True for _ in m.parameters(recurse=False))
+        and m not in graph.module2node
+        and not all(p in graph.module2node for p in m.parameters(recurse=False))
     ]
     if not missed:
         return
