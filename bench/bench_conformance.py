@@ -66,7 +66,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         "the original's), one latency step, no distillation.",
         "",
         f"Host: {env.get('cpu_model')}, {env.get('logical_cores')} cores, load "
-        f"{env.get('load_avg_1m')}; torch {env.get('torch')}, Torch-Pruning "
+        f"{float(env.get('load_avg_1m') or 0):.2f}; torch {env.get('torch')}, Torch-Pruning "
         f"{env.get('torch_pruning')}, onnxruntime {env.get('onnxruntime')}; commit "
         f"{env.get('git_commit')}{' (uncommitted changes)' if env.get('git_dirty') else ''}, "
         f"code {env.get('code_version')}. Made by `bench/bench_conformance.py`.",
@@ -122,13 +122,14 @@ def headline(res: Mapping[str, Any]) -> str:
 
 def run(names: Sequence[str], out: Path, work: Path) -> dict[str, Any]:
     archs = architectures()
+    env = environment()  # before the runs: the code that makes them, not what is on disk later
     rows = []
     for name in names:
         factory, exercises = archs[name]
         print(f"== {name}: {exercises}", flush=True)
         row = run_one(name, factory(), exercises, work / name, size=SIZES.get(name, 32))
         rows.append(row.to_dict())
-    res = {"kind": "bench-conformance", "environment": environment(), "rows": rows}
+    res = {"kind": "bench-conformance", "environment": env, "rows": rows}
     atomic_write_json(out / "conformance.json", res)
     atomic_write_text(out / "conformance.md", render_markdown(res))
     return res

@@ -140,7 +140,7 @@ def method_row(
         "dropped_blocks": (rep.get("depth") or {}).get("dropped", []),
         "steps": steps,
         "candidates": len(rep["search"]["candidates"]),
-        "kd_epochs": rep["search"]["kd_epochs"]["steps"] + rep["search"]["kd_epochs"]["final"],
+        "kd_epochs": _kd_total(rep["search"]["kd_epochs"]),
         "search_s": timing.get("search"),
         "finetune_s": timing.get("final_finetune"),
         "run_s": timing.get("total"),
@@ -151,6 +151,11 @@ def method_row(
         "p50_ms_repeats": measured["p50_ms_repeats"],
         "speedup_repeats": measured["speedup_repeats"],
     }
+
+
+def _kd_total(kd: Mapping[str, Any]) -> float:
+    """KD epochs a run spent (reports before the depth share was counted lack ``total``)."""
+    return float(kd.get("total", kd["steps"] + (kd["final"] or 0.0)))
 
 
 def refused_row(run: Any, base_report: Mapping[str, Any]) -> dict[str, Any]:

@@ -156,6 +156,13 @@ class SearchConfig(_Section):
     depth_max_blocks: int | None = Field(
         None, ge=0, description="most residual blocks dropped (None: every droppable block)"
     )
+    depth_kd_share: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="most of finetune.total_epochs the depth options' recoveries may spend, "
+        "all options together",
+    )
     depth_recovery_images: int = Field(
         4096,
         ge=0,

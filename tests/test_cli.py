@@ -146,6 +146,7 @@ def test_compress_bad_set_says_what_to_write(item, match):
         _compress_config(["--set", item])
 
 
+@pytest.mark.timeout(600)  # its subprocess has 300 s of its own
 def test_train_into_a_file_prints_a_line_per_epoch(tmp_path):
     """With stdout and stderr redirected (CI, nohup) the live bar draws nothing: plain lines."""
     import subprocess
@@ -164,6 +165,7 @@ def test_train_into_a_file_prints_a_line_per_epoch(tmp_path):
     assert "epoch 1/2 loss" in text and "epoch 2/2 loss" in text, text[-2000:]
 
 
+@pytest.mark.timeout(600)  # its subprocess has 300 s of its own
 def test_compress_below_the_depth_floor_exits_2_in_seconds(tmp_path):
     """A budget nothing can reach is refused before the model is touched: exit 2, one line."""
     import subprocess

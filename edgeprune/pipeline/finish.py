@@ -19,6 +19,7 @@ from edgeprune.pipeline.pruning.blocks import stage_of
 from edgeprune.pipeline.pruning.groups import count_macs_params
 from edgeprune.pipeline.pruning.plan import PruningPlan
 from edgeprune.pipeline.pruning.pruned_io import save_pruned
+from edgeprune.pipeline.search.state import kd_left
 from edgeprune.report.terminal import compress_table
 from edgeprune.targets.timing import host_info
 
@@ -38,7 +39,7 @@ def finish(ctx: RunContext, st: SearchState, model: nn.Module, *, wall_s: float)
     if st.phase == "finetune":
         t = time.perf_counter()
         # One KD budget for every searcher: what the steps did not spend goes here.
-        epochs = final_epochs(cfg.finetune.total_epochs, st.kd_epochs)
+        epochs = kd_left(cfg.finetune.total_epochs, st.kd_epochs)
         ctx.console.print(f"[bold]final fine-tune[/]: {epochs:g} KD epochs")
         ctx.task.recover(
             model,
@@ -141,10 +142,17 @@ def _precisions(ctx: RunContext, int8: dict[str, Any], cmp_int8: Any) -> dict[st
     }
 
 
-def final_epochs(total: float, spent: float) -> float:
-    """KD epochs left for the final fine-tune (0 when the steps spent the budget)."""
-    left = total - spent
-    return round(left, 6) if left > 1e-6 else 0.0
+def _kd_epochs(ctx: RunContext, st: SearchState) -> dict[str, float | None]:
+    """Where the one KD budget went: depth options' recoveries, steps, final (sum = spent)."""
+    depth = float((st.depth or {}).get("kd_epochs", 0.0))
+    final = st.final_kd_epochs or 0.0
+    return {
+        "budget": ctx.config.finetune.total_epochs,
+        "depth": round(depth, 6),
+        "steps": round(st.kd_epochs - depth, 6),
+        "final": st.final_kd_epochs,
+        "total": round(st.kd_epochs + final, 6),
+    }
 
 
 def _accuracies(ctx: RunContext, model: nn.Module) -> dict[str, float | None]:
@@ -281,7 +289,7 @@ def _report(
             "goal_kind": st.goal_kind,
             "steps": steps,
             "redos": st.redos,
-            "kd_epochs": {"steps": st.kd_epochs, "final": st.final_kd_epochs},
+            "kd_epochs": _kd_epochs(ctx, st),
             "candidates": candidates,
             "oracle": {"hits": ctx.oracle.hits, "misses": ctx.oracle.misses},
         },

@@ -63,6 +63,7 @@ def _check_row(row: dict, base: dict, res: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two benchmark subprocesses of up to 300 s each
 def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
     if not ARCHIVE.is_file():
         pytest.skip(f"needs the CIFAR-10 archive at {ARCHIVE}")
@@ -101,6 +102,7 @@ def test_smoke_writes_one_row_per_method_and_budget_then_reuses_runs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two benchmark subprocesses of up to 300 s each
 def test_smoke_with_seeds_repeats_each_method_and_reports_the_spread(tmp_path):
     if not ARCHIVE.is_file():
         pytest.skip(f"needs the CIFAR-10 archive at {ARCHIVE}")

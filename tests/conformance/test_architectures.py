@@ -123,3 +123,28 @@ def test_grouped_convs_get_their_group_count_as_channel_step() -> None:
         "body.0": 1, "body.1": 2, "body.2": 2, "body.3": 3, "body.4": 3, "body.5": 4,
         "body.6": 4, "body.7": 8, "body.8": 8, "body.9": 16,
     }  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(
+    importlib.util.find_spec("ultralytics") is None,
+    reason="ultralytics not installed (AGPL-3.0, test-only: pip install ultralytics)",
+)
+def test_readme_yolo_example_runs_as_written(tmp_path: Path) -> None:
+    import os
+    import re
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"<!-- yolo-example -->\n```python\n(.*?)```", readme, re.S)
+    assert m, "README lost its YOLOv8 example"
+    (tmp_path / "yolo.py").write_text(m.group(1), encoding="utf-8")
+    env = {**os.environ, "EDGEPRUNE_CACHE": os.environ.get("EDGEPRUNE_CACHE", str(tmp_path))}
+    proc = subprocess.run(
+        [sys.executable, "yolo.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=540,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "groups frozen" in proc.stdout
+    assert (tmp_path / "runs" / "yolov8n" / "model.onnx").is_file()

@@ -244,3 +244,23 @@ def test_int8_profile_searches_and_judges_on_int8_models(tmp_path):
     assert abs(p["int8"]["top1"] - p["fp32"]["top1"]) <= 5.0
     md = (run / "report.md").read_text()
     assert "## Precisions" in md and "INT8 (shipped, judged)" in md
+
+
+@pytest.mark.parametrize(
+    ("total", "step", "steps_spent", "final"),
+    [(0.0, 0.25, 0.0, 0.0), (0.3, 0.25, 0.3, 0.0), (1.0, 0.25, 0.5, 0.5)],
+)
+def test_one_kd_budget_every_step_draws_from(tmp_path, total, step, steps_spent, final):
+    """--kd-epochs 0 spends none; steps never spend past the budget; the report sums to it."""
+    cfg = _config(tmp_path)
+    cfg = cfg.model_copy(
+        update={"finetune": cfg.finetune.model_copy(update={"total_epochs": total,
+                                                            "step_epochs": step})}
+    )  # fmt: skip
+    report = compress(cfg, tmp_path / "run")
+    kd = report["search"]["kd_epochs"]
+    assert len(report["search"]["steps"]) == 2
+    assert kd["budget"] == total and kd["depth"] == 0.0
+    assert kd["steps"] == pytest.approx(steps_spent)
+    assert kd["final"] == pytest.approx(final)
+    assert kd["total"] == pytest.approx(total)

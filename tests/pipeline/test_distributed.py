@@ -20,6 +20,7 @@ from edgeprune.models.testing import make_shapes
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(900),  # two torchrun trainings of up to 600 s each on a loaded box
     pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun is not installed"),
 ]
 

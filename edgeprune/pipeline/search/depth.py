@@ -68,12 +68,18 @@ class DepthChoice:
     options: list[dict[str, Any]] = field(default_factory=list)
     recovery_epochs: float = 0.0
 
+    @property
+    def kd_epochs(self) -> float:
+        """KD epochs the options' recoveries spent (drawn from the run's one KD budget)."""
+        return self.recovery_epochs * sum(1 for o in self.options if o.get("reachable"))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dropped": list(self.dropped),
             "blocks": self.blocks,
             "options": self.options,
             "recovery_epochs": self.recovery_epochs,
+            "kd_epochs": self.kd_epochs,
         }
 
 
@@ -144,9 +150,7 @@ def choose_depth(
     cfg = ctx.config
     limit = cfg.search.depth_max_blocks
     order = order[: limit if limit is not None else None]
-    epochs = ctx.task.epochs_for(cfg.search.depth_recovery_images)
-    choice.recovery_epochs = epochs
-    best: tuple[float, int] | None = None
+    options = []
     for n in option_counts(len(order), ctx.config.search.depth_options):
         dropped = tuple(b.name for b in order[:n])
         r = reduce(ctx, dropped)
@@ -154,7 +158,15 @@ def choose_depth(
         row: dict[str, Any] = {"blocks": n, "dropped": list(dropped), "floor_ms": floor}
         if floor > goal_ms:
             choice.options.append({**row, "reachable": False})
-            continue
+        else:
+            options.append((n, r, row))
+    # The recoveries come out of the run's one KD budget: at most search.depth_kd_share of
+    # finetune.total_epochs over all options (none with --kd-epochs 0).
+    share = cfg.search.depth_kd_share * cfg.finetune.total_epochs / max(1, len(options))
+    epochs = round(min(ctx.task.epochs_for(cfg.search.depth_recovery_images), share), 6)
+    choice.recovery_epochs = epochs
+    best: tuple[float, int] | None = None
+    for n, r, row in options:
         task = step_task(
             ctx, r.model, r.groups, importance, goal_ms, 0, True, start=r.groups, cost=r.cost
         )

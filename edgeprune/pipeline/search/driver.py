@@ -34,7 +34,7 @@ from edgeprune.pipeline.search.knapsack import project
 from edgeprune.pipeline.search.parallel import CandidateScorer
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
-from edgeprune.pipeline.search.state import SearchState, StepRecord
+from edgeprune.pipeline.search.state import SearchState, StepRecord, kd_left
 from edgeprune.pipeline.search.task import StepTask
 
 Keep = dict[int, int]
@@ -174,7 +174,7 @@ def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) 
     t = time.perf_counter()
     ctx.console.print("[bold]depth[/]: weighing residual blocks against channels at the goal")
     choice = choose_depth(ctx, goal.value, importance, st.baseline_proxy_accuracy)
-    st = st.replace(depth=choice.to_dict())
+    st = st.replace(depth=choice.to_dict(), kd_epochs=st.kd_epochs + choice.kd_epochs)
     if not choice.dropped:
         if choice.blocks:
             ctx.console.print("depth: channels alone do best by proxy; no block dropped")
@@ -315,6 +315,12 @@ def _land(
         best = max(under, key=lambda t: t["measured"])
     else:
         best = min(tries, key=lambda t: t["measured"])
+    if not inside:
+        ctx.console.print(
+            f"[yellow]landing:[/] no plan of {len(tries)} measured fell in "
+            f"[{lo:.4g}, {hi:.4g}]; kept {best['measured']:.4g} "
+            f"({'under' if best['measured'] <= hi else 'over'} the window)"
+        )
     return best["keep"], best["measured"], best["predicted"], tries
 
 
@@ -358,7 +364,13 @@ def _one_step(
     aim = target * (1 - tol / 3) if final else target
     # Intermediate steps need not be exact, but an undershoot there throws accuracy away
     # for nothing: re-plan (grow back) below 3x the tolerance, above it when over by more.
-    window = ((1 - tol) * target, target) if final else ((1 - 3 * tol) * target, (1 + tol) * target)
+    # An intermediate landing never goes below the final window either: landing under
+    # (1 - tol) x goal would end the search "goal met" with budget left unused (seen: 0.892).
+    window = (
+        ((1 - tol) * target, target)
+        if final
+        else (max((1 - 3 * tol) * target, (1 - tol) * goal.value), (1 + tol) * target)
+    )
     task = step_task(ctx, model, groups, importance, aim, index, final)
     prev_acc = st.accuracy
     log_rows, redos = st.log_rows, st.redos
@@ -409,10 +421,12 @@ def _one_step(
             "redoing the step"
         )
     ft = None
+    # A step's recovery never spends past the run's one KD budget (the final gets the rest).
+    step_epochs = min(cfg.finetune.step_epochs, kd_left(cfg.finetune.total_epochs, st.kd_epochs))
     kd_epochs = st.kd_epochs
-    if cfg.finetune.step_epochs > 0:
-        ft = ctx.task.recover(new, ctx.base, cfg.finetune.step_epochs, seed=cfg.seed + step)
-        kd_epochs += cfg.finetune.step_epochs
+    if step_epochs > 0:
+        ft = ctx.task.recover(new, ctx.base, step_epochs, seed=cfg.seed + step)
+        kd_epochs += step_epochs
     latency_ms = measured if goal.kind == "latency" else _measure_latency(ctx, new, st)
     survivors = dict(st.survivors)
     for gid, ix in res.removed.items():

@@ -172,3 +172,9 @@ class SearchState:
 def _known(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in d.items() if k in names}
+
+
+def kd_left(total: float, spent: float) -> float:
+    """KD epochs left of the run's one budget (0 when depth and the steps spent it)."""
+    left = total - spent
+    return round(left, 6) if left > 1e-6 else 0.0
