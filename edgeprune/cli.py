@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="best weights (.pt state_dict)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint written after every epoch (<out>.ckpt)",
+    )
 
     p = sub.add_parser("export", help="export a model to validated ONNX")
     _add_model_args(p)

@@ -93,6 +93,9 @@ def _train(args: argparse.Namespace) -> int:
     data = load_data(
         args.data, image_size=args.image_size or native_size(args.model), seed=args.seed
     )
+    import torch
+
+    torch.manual_seed(args.seed)  # the initial weights too: --seed makes the run repeatable
     model = _load_user_model(args, args.num_classes or data.num_classes)
     result = train(
         model,
@@ -102,6 +105,8 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         out=args.out,
+        checkpoint=train_checkpoint(args.out),
+        resume=args.resume,
     )
     if distributed.rank() == 0:
         ranks = f", {distributed.world()} processes (DDP)" if distributed.world() > 1 else ""
@@ -110,6 +115,11 @@ def _train(args: argparse.Namespace) -> int:
             f"{result.best_epoch}/{result.epochs} ({result.wall_s:.0f} s{ranks}) -> {args.out}"
         )
     return 0
+
+
+def train_checkpoint(out: Path) -> Path:
+    """Where ``edgeprune train --out X`` keeps its per-epoch checkpoint: ``X.ckpt``."""
+    return out.with_name(out.name + ".ckpt")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeprune import __version__
-from edgeprune.agent.client import API_VERSION, MEASURE_HEADER
+from edgeprune._version import __version__
 from edgeprune.agent.measure import AgentRequestError, Measurer, parse_measure_request
 from edgeprune.errors import EdgepruneError
+from edgeprune.targets.agent_client import API_VERSION, MEASURE_HEADER
 
 log = logging.getLogger("edgeprune.agent")
 

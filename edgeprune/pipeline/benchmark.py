@@ -22,7 +22,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from edgeprune._io import atomic_write_json, sha256_file
-from edgeprune.errors import TargetUnavailableError
+from edgeprune.errors import OnnxModelError, TargetUnavailableError
 from edgeprune.profiles.schema import DeviceProfile
 from edgeprune.report.terminal import benchmark_table
 from edgeprune.targets.base import LatencyStats, Prepared, Target, target_for
@@ -226,6 +226,55 @@ def _measure_profile(
     return entries
 
 
+def models_input_shape(paths: Sequence[Path]) -> tuple[int | None, int, int, int] | None:
+    """The (batch, C, H, W) input every model takes (batch None when dynamic), read from the
+    ONNX graphs; None when a file is unreadable or a size is not fixed (the target then
+    says what is wrong with it).
+
+    Raises:
+        OnnxModelError: The models take different image sizes (benchmark them apart).
+    """
+    import onnx
+
+    shapes: dict[tuple[int | None, ...], Path] = {}
+    for path in paths:
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception:  # not ONNX: prepare() names the problem
+            return None
+        inits = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        if len(inputs) != 1:
+            return None
+        dims = inputs[0].type.tensor_type.shape.dim
+        sizes = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        if len(sizes) != 4 or any(v is None for v in sizes[1:]):
+            return None
+        shapes.setdefault(sizes, path)
+    chw = {k[1:] for k in shapes}
+    if len(chw) > 1:
+        listed = "; ".join(f"{p.name}: {list(k)}" for k, p in shapes.items())
+        raise OnnxModelError(
+            f"the models take different input shapes ({listed}); benchmark each size apart"
+        )
+    batches = {k[0] for k in shapes}
+    if not shapes:
+        return None
+    c, h, w = (int(v) for v in next(iter(chw)))  # type: ignore[arg-type]
+    return (batches.pop() if len(batches) == 1 else None, c, h, w)
+
+
+def with_input_shape(
+    profile: DeviceProfile, shape: tuple[int | None, int, int, int]
+) -> DeviceProfile:
+    """``profile`` feeding ``shape`` (a dynamic batch keeps the profile's)."""
+    batch, *chw = shape
+    update: dict[str, Any] = {"input_shape": tuple(chw)}
+    if batch is not None:
+        update["batch"] = batch
+    return profile.model_copy(update=update)
+
+
 def benchmark(
     onnx_paths: Sequence[Path],
     profiles: Sequence[DeviceProfile],
@@ -245,7 +294,9 @@ def benchmark(
 
     Raises:
         TargetUnavailableError: A profile's runtime is not usable here.
-        OnnxModelError: A file is not ONNX, or does not take a profile's input shape.
+        OnnxModelError: A file is not ONNX, or the models take different input shapes.
+            The input shape comes from the models themselves (a 96-px model is measured at
+            96 px on any profile); the profile gives the runtime and its settings.
         ValueError: No models, no profiles, or blocks < 1.
     """
     paths = [Path(p) for p in onnx_paths]
@@ -255,6 +306,9 @@ def benchmark(
         raise ValueError(f"blocks must be >= 1, got {blocks}")
     names = _model_names(paths)
     hashes = [sha256_file(p) if p.is_file() else "" for p in paths]
+    shape = models_input_shape(paths)
+    if shape is not None:  # the models' own input size, not the profile's default
+        profiles = [with_input_shape(prof, shape) for prof in profiles]
     rounds = [blocks or prof.measurement.blocks for prof in profiles]
     total = sum(len(paths) * (r + 1) for r in rounds)
     entries: list[BenchmarkEntry] = []

@@ -12,6 +12,7 @@ committed to ``checkpoint/`` before the next begins, so ``--resume`` never redoe
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.models import ModelSpec, load_model
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.finish import finish
-from edgeprune.pipeline.pruning.groups import build_groups
+from edgeprune.pipeline.pruning.groups import GroupSet, build_groups
 from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.run_dir import RunDir
 from edgeprune.pipeline.search.cost import (
@@ -81,11 +82,11 @@ def compress_run(
         run.start(config)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    t0 = time.perf_counter()
     ctx = _setup(config, run, console, model=model, task=task)
     checkpoint = run.load_checkpoint() if resume else None
     state, pruned = search(ctx, checkpoint)
-    return finish(ctx, state, pruned, wall_s=time.perf_counter() - t0), pruned
+    # Every process's share: a resumed run's total is not just its last process's.
+    return finish(ctx, state, pruned, wall_s=run.elapsed_s()), pruned
 
 
 # ----------------------------------------------------------------------------- setup
@@ -184,7 +185,7 @@ def _setup(
     t = time.perf_counter()
     groups = build_groups(base, example, ignored_layers=config.search.ignored_layers)
     if not groups.prunable:
-        raise SearchError(f"{spec.name} has no prunable channel groups; nothing to compress")
+        raise SearchError(no_prunable_groups(spec.name, groups, config.search.ignored_layers))
     multiple = config.search.channel_multiple or profile.channel_multiple
     oracle = LatencyOracle(
         profile, run.oracle_cache, workdir=run.onnx_workdir, export_fn=export_onnx
@@ -277,3 +278,20 @@ def _baseline(
 
 
 # ---------------------------------------------------------------------------- search
+
+
+def no_prunable_groups(name: str, groups: GroupSet, ignored: Sequence[str]) -> str:
+    """Why nothing can be pruned, group by group, and what would help."""
+    why = "; ".join(f"{g.name}: {g.frozen_reason}" for g in groups.frozen[:4])
+    more = f" (and {len(groups.frozen) - 4} more)" if len(groups.frozen) > 4 else ""
+    if ignored:
+        fix = f"take layers out of ignored_layers ({', '.join(ignored)})"
+    else:
+        fix = (
+            "the model's output layers are never pruned; prune a larger model, or a backbone "
+            "whose outputs feed heads (pass the heads' layers in ignored_layers)"
+        )
+    return (
+        f"{name} has no prunable channel groups ({len(groups.frozen)} frozen: {why}{more}); "
+        f"nothing to compress — {fix}"
+    )

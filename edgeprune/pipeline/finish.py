@@ -11,8 +11,8 @@ import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
 
-from edgeprune import __version__
 from edgeprune._io import atomic_write_json
+from edgeprune._version import __version__
 from edgeprune.calibration.int8 import export_int8, needs_int8, profile_recipe
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.pipeline.pruning.blocks import stage_of

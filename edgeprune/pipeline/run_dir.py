@@ -19,6 +19,7 @@ committed count are from a step that did not finish; resume drops them.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,15 @@ class RunDir:
         self.report_path = self.root / "report.json"
         self.oracle_cache = self.root / "latency_cache.jsonl"
         self.onnx_workdir = self.root / "candidates"
+        # Wall time of the run across processes: what the resumed ones had committed, plus
+        # this process's (work after a killed process's last checkpoint is redone, not lost
+        # from the count).
+        self._t0 = time.perf_counter()
+        self._elapsed_before = 0.0
+
+    def elapsed_s(self) -> float:
+        """Wall seconds of the run so far, resumed processes included."""
+        return self._elapsed_before + time.perf_counter() - self._t0
 
     # ---- config ------------------------------------------------------------------------
     def start(self, config: RunConfig) -> None:
@@ -71,7 +81,10 @@ class RunDir:
         """Commit a step: weights first, then the state that points at them."""
         name = f"model-{state['step']:03d}-{state.get('phase', 'search')}.pt"
         atomic_torch_save(self.checkpoint_dir / name, model_state)
-        atomic_write_json(self.state_path, {**state, "version": STATE_VERSION, "weights": name})
+        atomic_write_json(
+            self.state_path,
+            {**state, "version": STATE_VERSION, "weights": name, "elapsed_s": self.elapsed_s()},
+        )
         for old in self.checkpoint_dir.glob("model-*.pt"):
             if old.name != name:
                 old.unlink(missing_ok=True)
@@ -95,6 +108,7 @@ class RunDir:
                 f"checkpoint version {state.get('version')} is not {STATE_VERSION}; "
                 "start a new run with this edgeprune version"
             )
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
         return state, weights
 
     # ---- search log --------------------------------------------------------------------

@@ -6,7 +6,7 @@ agent runs the same profile without its ``remote`` section on its local runtime.
 
 ``prepare`` only reads the ONNX bytes; each ``measure`` sends them in one ``POST /measure``
 (models are small, and a request that carries everything survives agent restarts). The
-HTTP client (:mod:`edgeprune.agent.client`) uses the standard library only.
+HTTP client (:mod:`edgeprune.targets.agent_client`) uses the standard library only.
 
 Several URLs form an :class:`AgentPool` of devices of the same profile: one request in flight
 per device; a calling thread keeps the agent it used last while that one is free (so the
@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.agent.client import (
+from edgeprune.errors import OnnxModelError, ProfileError, TargetUnavailableError
+from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings, RemoteSettings
+from edgeprune.targets.agent_client import (
     AgentAuthError,
     AgentBusyError,
     AgentClient,
@@ -38,8 +40,6 @@ from edgeprune.agent.client import (
     AgentUnreachableError,
     ModelRejectedError,
 )
-from edgeprune.errors import OnnxModelError, ProfileError, TargetUnavailableError
-from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings, RemoteSettings
 from edgeprune.targets.base import LatencyStats, Prepared, register_target
 
 __all__ = [

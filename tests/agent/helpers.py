@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from edgeprune.agent.client import MEASURE_HEADER
 from edgeprune.profiles import MeasurementSettings, load_profile
+from edgeprune.targets.agent_client import MEASURE_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = MeasurementSettings(warmup_iters=2, warmup_ms=0, min_iters=10, min_duration_ms=0)

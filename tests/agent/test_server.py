@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto, helper
 
-from edgeprune.agent.client import AgentBusyError, AgentClient, ModelRejectedError
 from edgeprune.agent.server import is_loopback, read_token
 from edgeprune.errors import EdgepruneError
 from edgeprune.profiles import load_profile
+from edgeprune.targets.agent_client import AgentBusyError, AgentClient, ModelRejectedError
 from tests.agent.helpers import (
     FAST,
     AgentProc,
@@ -173,7 +173,9 @@ def test_concurrent_requests_are_queued_not_run_at_once(tmp_path: Path, tiny_onn
         assert len(done) == 2
         # The second ran only after the first had finished, and it waited in the queue.
         assert done[1]["started_unix"] >= done[0]["finished_unix"]
-        assert max(m["queued_s"] for m in done) >= 0.5
+        # ... and it had arrived while the first was running (it waited, it was not late)
+        arrived = done[1]["started_unix"] - done[1]["queued_s"]
+        assert done[1]["queued_s"] > 0 and arrived < done[0]["finished_unix"]
         q = agent.health()["queue"]
         assert q["max_running"] == 1 and q["rejected_busy"] == 1 and q["measurements"] == 2
         agent.stop()  # SIGTERM: a graceful stop removes the agent's work directory
@@ -228,11 +230,17 @@ def test_close_to_a_local_measurement(agent: AgentProc, tiny_onnx: Path) -> None
     prepared = local.prepare(tiny_onnx, profile)
     remote_p50, local_p50 = [], []
     try:
-        for _ in range(2):  # interleaved, so a burst of load on the machine hits both
-            remote_p50.append(client.measure(tiny_onnx.read_bytes(), profile, settings)[0].p50_ms)
-            local_p50.append(local.measure(prepared, None, settings).p50_ms)
+        for _ in range(3):  # interleaved, so a burst of load on the machine hits both
+            remote = client.measure(tiny_onnx.read_bytes(), profile, settings)[0]
+            remote_p50.append(remote.p50_ms)
+            local_stats = local.measure(prepared, None, settings)
+            local_p50.append(local_stats.p50_ms)
     finally:
         prepared.close()
+    # Same runtime, same settings: the agent runs what a local measurement runs ...
+    for key in ("intra_op_threads", "inter_op_threads", "graph_optimization", "allow_spinning"):
+        assert remote.settings.get(key) == local_stats.settings.get(key), key
+    # ... and the figures agree, loosely: a process on a shared 2-core box can be slowed
+    # 2x by a neighbour; a wrong setting (threads, optimisation level) shows as far more.
     ratio = min(remote_p50) / min(local_p50)
-    # Same runtime, same settings, same CPU: the figures agree (loosely on a shared machine).
-    assert 0.5 < ratio < 2.0, (remote_p50, local_p50)
+    assert 1 / 3 < ratio < 3.0, (remote_p50, local_p50)

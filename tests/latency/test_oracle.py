@@ -105,8 +105,9 @@ def test_interleaved_ratio_sees_a_much_smaller_model(profile, tmp_path: Path) ->
     cand, base, ratio = result
     assert len(result.block_ratios) == 4
     assert cand.count >= 4 * 2 and base.count >= 4 * 2  # ceil(8 / 4) per block at least
-    # 4 vs 64 channels is ~250x fewer conv FLOPs: the ratio is far below 1 even under load.
-    assert 0 < ratio < 0.5
+    # 4 vs 64 channels is ~250x fewer conv FLOPs: measured ~0.05; the direction, with a
+    # margin a loaded host cannot erase (both sides are hit alike, interleaved).
+    assert 0 < ratio < 0.7
     assert ratio == pytest.approx(statistics.median(result.block_ratios))
     assert oracle.measure_vs_baseline(_tiny(4, seed=2), _tiny(64, seed=2), blocks=4).ratio == ratio
     assert oracle.hits == 1

@@ -152,3 +152,17 @@ def test_two_profiles(models: list[Path], profile: DeviceProfile) -> None:
     ]
     assert result.entries[2].latency.settings["intra_op_threads"] == 2
     assert result.entries[2].speedup_vs_first == 1.0
+
+
+def test_input_shape_comes_from_the_models(
+    tmp_path: Path, models: list[Path], profile: DeviceProfile
+) -> None:
+    """A 96-px model is measured at 96 px on a 32-px profile; mixed sizes are refused."""
+    big = profile.model_copy(update={"input_shape": (3, 96, 96)})
+    path = tmp_path / "tiny96.onnx"
+    export_onnx(TinyConvNet(width=8), big, path)
+    result = benchmark([path], [profile], progress=False)
+    [entry] = result.entries
+    assert entry.latency.count > 0
+    with pytest.raises(OnnxModelError, match=r"different input shapes .*\[1, 3, 96, 96\]"):
+        benchmark([models[0], path], [profile], progress=False)

@@ -179,6 +179,9 @@ def test_resume_after_kill_continues_without_redoing_a_step(tmp_path):
     assert resumed["final"]["macs"] == reference["final"]["macs"]
     steps = [s["step"] for s in resumed["search"]["steps"]]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > killed_at
+    # the total counts the killed process's committed work too
+    timing = resumed["timing_s"]
+    assert timing["total"] >= timing["search"] + timing["final_finetune"]
     # search.jsonl has each step's candidates once: the unfinished step's rows were dropped.
     rows = [json.loads(x) for x in (run / "search.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(x) for x in (tmp_path / "ref" / "search.jsonl").read_text().splitlines()]

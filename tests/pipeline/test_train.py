@@ -13,7 +13,7 @@ from torch import nn
 
 from edgeprune.data import DataSplits, load_data
 from edgeprune.errors import DataError, EdgepruneError
-from edgeprune.pipeline.train import evaluate, lr_at, run_epochs, train
+from edgeprune.pipeline.train import cross_entropy_loss, evaluate, lr_at, run_epochs, train
 
 
 def small_net(num_classes: int = 10) -> nn.Module:
@@ -157,3 +157,76 @@ def test_progress_into_a_file_prints_a_line_per_epoch(tiny_digits: DataSplits, c
     train(small_net(), tiny_digits, epochs=2, progress=True)
     err = capsys.readouterr().err
     assert "training: epoch 1/2 loss" in err and "training: epoch 2/2 loss" in err
+
+
+def _train_cmd(out: Path, epochs: int, *extra: str) -> list[str]:
+    import sys
+
+    return [
+        sys.executable, "-m", "edgeprune.cli", "train", "--model",
+        "edgeprune.models.testing:TinyConvNet", "--data", "digits", "--epochs", str(epochs),
+        "--lr", "0.05", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """kill -9 after the first epoch's checkpoint, --resume: the weights equal a run that
+    was never interrupted, bit for bit, and the resumed run says where it started."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    epochs = 6
+    whole = subprocess.run(_train_cmd(tmp_path / "whole.pt", epochs), env=env,
+                           capture_output=True, text=True, timeout=500)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    out = tmp_path / "cut.pt"
+    ckpt = tmp_path / "cut.pt.ckpt"
+    proc = subprocess.Popen(_train_cmd(out, epochs), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while not ckpt.exists() and proc.poll() is None:  # ends: the process writes or exits
+            time.sleep(0.02)
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not out.exists()  # killed before the end: nothing but the checkpoint
+    done = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done < epochs
+
+    resumed = subprocess.run(_train_cmd(out, epochs, "--resume"), env=env,
+                             capture_output=True, text=True, timeout=500)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming at epoch {done + 1}/{epochs}" in resumed.stderr
+    a, b = torch.load(tmp_path / "whole.pt"), torch.load(out)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_other_settings_is_refused(tiny_digits: DataSplits, tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    run_epochs(
+        small_net(),
+        tiny_digits,
+        cross_entropy_loss,
+        epochs=1,
+        lr=0.05,
+        checkpoint=ckpt,
+        progress=False,
+    )
+    with pytest.raises(EdgepruneError, match=r"other settings \(lr: 0.05 then, 0.1 now\)"):
+        run_epochs(
+            small_net(), tiny_digits, cross_entropy_loss, epochs=1, lr=0.1, checkpoint=ckpt,
+            resume=True, progress=False,
+        )  # fmt: skip
+    with pytest.raises(EdgepruneError, match="no training checkpoint"):
+        run_epochs(
+            small_net(), tiny_digits, cross_entropy_loss, epochs=1, lr=0.1,
+            checkpoint=tmp_path / "none", resume=True, progress=False,
+        )  # fmt: skip

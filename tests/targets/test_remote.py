@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.agent.client import AgentAuthError, AgentClient, AgentUnreachableError
 from edgeprune.errors import OnnxModelError, TargetUnavailableError
 from edgeprune.latency.oracle import LatencyOracle
 from edgeprune.pipeline.export import export_onnx
 from edgeprune.profiles import DeviceProfile, RemoteSettings, load_profile
+from edgeprune.targets.agent_client import AgentAuthError, AgentClient, AgentUnreachableError
 from edgeprune.targets.base import Target, require_available, target_for
 from edgeprune.targets.remote import AgentPool, RemotePrepared, RemoteTarget
 from tests.agent.helpers import (
@@ -124,6 +124,12 @@ def test_unreachable_agent_is_a_clear_error_after_retries(tiny_onnx: Path) -> No
     assert time.monotonic() - t0 >= 0.3  # backed off 0.1 + 0.2 s between attempts
 
 
+def _wait_until_running(agent: AgentProc) -> None:
+    """Until the agent runs a measurement (the test's timeout bounds the wait)."""
+    while agent.health()["queue"]["running"] != 1:
+        time.sleep(0.02)
+
+
 def test_agent_killed_mid_request_then_the_pool_continues(
     agents: list[AgentProc], tiny_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -142,8 +148,7 @@ def test_agent_killed_mid_request_then_the_pool_continues(
 
         t = threading.Thread(target=measure)
         t.start()
-        time.sleep(1.0)  # the measurement is running on the victim now
-        assert victim.health()["queue"]["running"] == 1
+        _wait_until_running(victim)  # the measurement is running on the victim now
         victim.kill()
         t.join(timeout=30)
         assert len(errors) == 1 and isinstance(errors[0], AgentUnreachableError)
@@ -174,8 +179,7 @@ def test_pool_fails_over_when_its_agent_dies_mid_measurement(
             target=lambda: got.append(pool.measure(data, profile, long_settings(1500)))
         )
         t.start()
-        time.sleep(0.8)
-        assert victim.health()["queue"]["running"] == 1  # round robin started on the victim
+        _wait_until_running(victim)  # round robin started on the victim
         with caplog.at_level(logging.WARNING, logger="edgeprune.remote"):
             victim.kill()
             t.join(timeout=30)
@@ -212,8 +216,9 @@ def test_pool_spreads_concurrent_measurements_one_in_flight_per_agent(
         )
         for a, b in itertools.pairwise(mine):
             assert b["started_unix"] >= a["finished_unix"]  # one in flight per device
-        # The pool never queued a second request on an agent: nothing waited there.
-        assert all(float(r["queued_s"]) < 0.1 for r in mine)  # type: ignore[arg-type]
+        # The pool never queued a second request on an agent: nothing waited there for a
+        # measurement (each takes >= 0.6 s; what is left is parsing, on a loaded host).
+        assert all(float(r["queued_s"]) < 0.3 for r in mine)  # type: ignore[arg-type]
 
 
 def test_a_thread_keeps_its_agent_while_it_is_free(

@@ -68,9 +68,9 @@ def test_candidates_scored_in_workers_give_the_one_process_result(tmp_path: Path
 def test_lut_points_run_on_every_agent_at_once_one_per_agent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgeprune.agent.client import AgentClient
     from edgeprune.latency.lut_measure import LayerConfig, PointMeasurer, layer_onnx, point_shape
     from edgeprune.profiles import MeasurementSettings, load_profile
+    from edgeprune.targets.agent_client import AgentClient
     from tests.agent.helpers import require_server_packages, start_agent
 
     require_server_packages()

@@ -38,7 +38,7 @@ __all__ = [
     "ModelRejectedError",
 ]
 
-log = logging.getLogger("edgeprune.agent.client")
+log = logging.getLogger("edgeprune.targets.agent_client")
 
 API_VERSION = 1
 MEASURE_HEADER = "X-Edgeprune-Measure"
