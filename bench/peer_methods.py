@@ -10,6 +10,8 @@ Only the searcher, the channel rounding, the criterion and depth pruning differ:
 method              searcher    rounding depth where the channels go
 =================== =========== ======== ===== =========================================
 edgeprune           rl          yes      auto  RL on top of knapsack + magnitude (accuracy)
+edgeprune-random    random      yes      auto  the same proposals, learning off (ablation)
+cluster-rl          cluster-rl  yes      auto  RL over kept clusters per group (Wu et al.)
 edgeprune-width     rl          yes      off   the same, channels only (ablation)
 knapsack            knapsack    yes      auto  most importance per ms (HALP-style)
 knapsack-width      knapsack    yes      off   the same, channels only (ablation)
@@ -48,7 +50,8 @@ from edgeprune.models import load_model
 from edgeprune.pipeline.compress import compress
 from edgeprune.pipeline.train import evaluate, train
 
-METHODS: tuple[str, ...] = (
+#: The default grid: edgeprune and the peers as their users run them, plus the ablations.
+DEFAULT_METHODS: tuple[str, ...] = (
     "edgeprune",
     "edgeprune-width",
     "knapsack",
@@ -57,6 +60,14 @@ METHODS: tuple[str, ...] = (
     "uniform",
     "magnitude",
     "magnitude-rounded",
+)
+#: Every method ``--methods`` takes: the default grid and the policy ablations
+#: (``edgeprune-random``: learning off; ``cluster-rl``: the second paper's searcher).
+METHODS: tuple[str, ...] = (
+    "edgeprune",
+    "edgeprune-random",
+    "cluster-rl",
+    *DEFAULT_METHODS[1:],
 )
 
 
@@ -82,6 +93,8 @@ class MethodSpec:
 
 SPECS: dict[str, MethodSpec] = {
     "edgeprune": MethodSpec("rl", True, "l1", "auto"),
+    "edgeprune-random": MethodSpec("random", True, "l1", "auto"),
+    "cluster-rl": MethodSpec("cluster-rl", True, "cluster", "auto"),
     "edgeprune-width": MethodSpec("rl", True, "l1", "off"),
     "knapsack": MethodSpec("knapsack", True, "l1", "auto"),
     "knapsack-width": MethodSpec("knapsack", True, "l1", "off"),
@@ -130,7 +143,7 @@ class BenchSettings:
     baseline_epochs: int = 30
     profile: str = "cpu-ort-1t"
     budgets: tuple[float, ...] = (0.5, 0.35)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     weights: str | None = None
     steps: int = 3
     samples: int = 6

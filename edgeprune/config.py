@@ -1,7 +1,9 @@
 """Typed run configuration for ``edgeprune compress``: YAML in and out, versioned.
 
-Defaults are DESIGN.md's RL-Pruner numbers scaled for a 2-core CPU (larger steps,
-fewer samples, a validation subset); every one can be changed in the run config.
+Defaults are RL-Pruner's numbers scaled for a 2-core CPU (larger steps, fewer samples, a
+validation subset; see docs/ARCHITECTURE.md); every one can be changed in the run config.
+The searchers' own settings (``RLSettings``) take their defaults from here, so the library,
+the CLI and a searcher built directly run the same search.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ class RewardConfig(_Section):
 
 
 class SearchConfig(_Section):
-    searcher: Literal["rl", "rl-flops", "knapsack", "magnitude", "uniform"] = "rl"
+    searcher: Literal[
+        "rl", "random", "cluster-rl", "rl-flops", "knapsack", "magnitude", "uniform"
+    ] = "rl"
     steps: int = Field(3, ge=1, le=50, description="prune steps from the baseline to the goal")
     schedule: Literal["geometric", "linear"] = Field(
         "geometric", description="how the step targets go from the baseline to the goal"
@@ -91,7 +95,13 @@ class SearchConfig(_Section):
     samples: int = Field(6, ge=1, description="candidates per RL epoch")
     rl_epochs: int = Field(3, ge=1, description="RL epochs per step")
     noise: float = Field(0.04, ge=0)
-    step_length: float = Field(0.1, gt=0, le=1, description="lambda")
+    step_length: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="how far the RL policy moves along each epoch's advantage direction "
+        "(then PPO-clipped to ppo_clip of itself)",
+    )
     ppo_clip: float = Field(0.2, gt=0, lt=1)
     epsilon: float = Field(
         0.0, ge=0, le=1, description="chance to keep a random buffer row (reference: 0.4)"

@@ -1,12 +1,14 @@
 """``edgeprune compress``: prune step by step until the measured latency meets the budget.
 
-The loop (DESIGN.md "The algorithm"): each step the searcher proposes candidates (channels
-kept per dependency group); each is pruned on a copy, its BatchNorm statistics re-estimated
-on a few training batches, scored on a validation subset, its latency predicted by the
-per-layer lookup table, and rewarded. The chosen candidate is applied, fine-tuned by
-distillation, and measured for real against the baseline (interleaved blocks, so machine
-noise cancels in the ratio); those measurements also correct the lookup table. A step is
-committed to ``checkpoint/`` before the next begins, so ``--resume`` never redoes one.
+The loop (docs/ARCHITECTURE.md, "The search"): depth pruning is weighed first; then each
+step the searcher proposes candidates (channels kept per dependency group), every one
+projected onto the step's latency target by the lookup table; each is pruned on a copy,
+its BatchNorm statistics re-estimated on a few training batches, scored on a validation
+subset and rewarded. The chosen plan is landed (measured against the baseline in
+interleaved blocks, the lookup table corrected, re-planned until it falls in the step's
+window), then applied and recovered by a short distillation from the one KD budget. A
+step is committed to ``checkpoint/`` before the next begins, so ``--resume`` never redoes
+one.
 """
 
 from __future__ import annotations

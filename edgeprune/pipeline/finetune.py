@@ -1,4 +1,6 @@
-"""Recovery after pruning: knowledge distillation from the unpruned model (DESIGN.md step 7).
+"""Recovery after pruning: knowledge distillation from the unpruned model.
+
+See docs/ARCHITECTURE.md, "The search" (one KD budget for depth, steps and the final).
 
 loss = kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
        + (1 - kd_weight) * CE(student, labels),   T = 2, kd_weight = 0.75 by default.

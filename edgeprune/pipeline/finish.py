@@ -142,6 +142,23 @@ def _precisions(ctx: RunContext, int8: dict[str, Any], cmp_int8: Any) -> dict[st
     }
 
 
+def _policy(ctx: RunContext, st: SearchState) -> dict[str, Any] | None:
+    """How the RL policy moved: its vector at the start and after every step, by group."""
+    state = st.searcher or {}
+    history = state.get("history")
+    if not history:
+        return None
+    names = {g.id: g.name for g in ctx.start_groups.prunable}
+    cluster = state.get("name") == "cluster-rl"
+    return {
+        "searcher": state.get("name"),
+        "meaning": "kept-cluster fraction per group" if cluster else "share of the removals",
+        "groups": [names.get(int(g), str(g)) for g in state.get("group_ids") or []],
+        "by_step": history,
+        "updates": state.get("updates", 0),
+    }
+
+
 def _kd_epochs(ctx: RunContext, st: SearchState) -> dict[str, float | None]:
     """Where the one KD budget went: depth options' recoveries, steps, final (sum = spent)."""
     depth = float((st.depth or {}).get("kd_epochs", 0.0))
@@ -290,6 +307,7 @@ def _report(
             "steps": steps,
             "redos": st.redos,
             "kd_epochs": _kd_epochs(ctx, st),
+            "policy": _policy(ctx, st),
             "candidates": candidates,
             "oracle": {"hits": ctx.oracle.hits, "misses": ctx.oracle.misses},
         },

@@ -214,6 +214,18 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
             align="rrrl",
         )
     )
+    pol = s.get("policy")
+    if pol:
+        out.append(
+            Para(
+                f"RL policy ({pol.get('searcher')}): {pol.get('meaning')}, "
+                f"{pol.get('updates', 0)} updates over {len(pol['by_step']) - 1} steps."
+            )
+        )
+        if "policy_per_step" in figures:
+            out.append(
+                Figure("policy_per_step", "The policy per group at the start and after each step.")
+            )
     lut = r.get("lut")
     if lut and lut.get("prediction_error"):
         err = lut["prediction_error"]

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI; must precede the pyplot import
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -249,9 +250,36 @@ def _cdf_panel(ax: Any, series: list[tuple[str, dict[str, Any]]], title: str) ->
     ax.grid(alpha=0.3)
 
 
+def policy_per_step(report: dict[str, Any]) -> bytes | None:
+    """The RL policy's value per group at the start and after every step: what it learned
+    (the groups that moved most are labelled, the rest drawn thin)."""
+    pol = (report.get("search") or {}).get("policy")
+    if not pol or len(pol["by_step"]) < 2:
+        return None
+    values = np.asarray(pol["by_step"], dtype=float)  # steps x groups
+    moved = np.abs(values[-1] - values[0])
+    top = set(np.argsort(-moved)[:8].tolist())
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = range(values.shape[0])
+    for j, name in enumerate(pol["groups"]):
+        if j in top:
+            ax.plot(steps, values[:, j], marker="o", label=name)
+        else:
+            ax.plot(steps, values[:, j], color="lightgray", linewidth=0.8)
+    ax.set_xticks(list(steps))
+    ax.set_xticklabels(["start", *(str(i) for i in steps[1:])])
+    ax.set_xlabel("after step")
+    ax.set_ylabel(pol.get("meaning", "policy"))
+    ax.set_title(f"RL policy per step ({pol.get('updates', 0)} updates; 8 that moved most named)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 COMPRESS_PLOTS: dict[str, Callable[[dict[str, Any]], bytes | None]] = {
     "accuracy_vs_latency": accuracy_vs_latency,
     "latency_per_step": latency_per_step,
+    "policy_per_step": policy_per_step,
     "channels_per_layer": channels_per_layer,
     "latency_distribution": latency_distribution,
 }

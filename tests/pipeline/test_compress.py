@@ -71,6 +71,11 @@ def test_same_seed_same_plan_and_outputs(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "a" / "search.jsonl").read_text().splitlines()]
     assert rows and {"step", "tag", "accuracy", "latency_ms", "reward"} <= set(rows[0])
     assert r1["export"]["final"]["max_abs_diff"] < 1e-3
+    # the policy's path is in the report, and drawn
+    pol = r1["search"]["policy"]
+    assert len(pol["by_step"]) == len(r1["search"]["steps"]) + 1 and pol["updates"] > 0
+    assert len(pol["groups"]) == len(pol["by_step"][0])
+    assert "policy_per_step" in (tmp_path / "a" / "report.html").read_text()
 
 
 def test_existing_run_dir_is_refused(tmp_path):

@@ -9,6 +9,9 @@ name      searcher                             reward the driver computes (``rew
 rl        :class:`RLSearcher` (RL-Pruner) on    ``accuracy`` (the run's reward.kind)
           top of the knapsack and magnitude
 rl-flops  :class:`RLSearcher`, same policy      ``flops``: accuracy + coef x MACs reduction
+random    :class:`RLSearcher`, learning off     ``accuracy`` (the ablation of ``rl``)
+cluster-  :class:`ClusterRLSearcher`: RL over  ``accuracy``; channels kept by the
+rl        kept-cluster fractions per group      ``cluster`` criterion
 knapsack  :class:`KnapsackSearcher` (HALP)      logged only; one candidate per step
 magnitude :class:`MagnitudeSearcher`            logged only; one candidate per step
 uniform   :class:`UniformSearcher`              logged only; one candidate per step
@@ -29,14 +32,17 @@ from edgeprune.pipeline.search.base import (
     Searcher,
     settings_from_config,
 )
+from edgeprune.pipeline.search.cluster_rl import ClusterRLSearcher
 from edgeprune.pipeline.search.knapsack import KnapsackSearcher, project, solve_knapsack
 from edgeprune.pipeline.search.magnitude import MagnitudeSearcher
-from edgeprune.pipeline.search.rl import RLSearcher, RLSettings, epsilon_at, update_pd
+from edgeprune.pipeline.search.rl import RLSearcher, RLSettings, epsilon_at, policy_step
 from edgeprune.pipeline.search.uniform import UniformSearcher
 
 SEARCHER_REWARD: dict[str, str] = {
     "rl": "accuracy",
     "rl-flops": "flops",
+    "random": "accuracy",
+    "cluster-rl": "accuracy",
     "knapsack": "accuracy",
     "magnitude": "accuracy",
     "uniform": "accuracy",
@@ -59,9 +65,12 @@ def make_searcher(name: str, config: Any = None, seed: int = 0) -> Searcher:
     Raises:
         SearchError: unknown name, or a setting out of range.
     """
-    if name in ("rl", "rl-flops"):
-        settings = settings_from_config(RLSettings, config)
+    if name in ("rl", "rl-flops", "random"):
+        learn = {"learn": False} if name == "random" else {}
+        settings = settings_from_config(RLSettings, config, **learn)
         return RLSearcher(settings, seed, name=name, reward_kind=SEARCHER_REWARD[name])
+    if name == "cluster-rl":
+        return ClusterRLSearcher(settings_from_config(RLSettings, config), seed)
     if name == "uniform":
         return UniformSearcher()
     if name == "magnitude":
@@ -75,6 +84,7 @@ __all__ = [
     "SEARCHER_NAMES",
     "SEARCHER_REWARD",
     "Candidate",
+    "ClusterRLSearcher",
     "KnapsackSearcher",
     "MagnitudeSearcher",
     "Outcome",
@@ -84,7 +94,7 @@ __all__ = [
     "UniformSearcher",
     "epsilon_at",
     "make_searcher",
+    "policy_step",
     "project",
     "solve_knapsack",
-    "update_pd",
 ]

@@ -42,7 +42,8 @@ Keep = dict[int, int]
 
 def _reward_fn(ctx: RunContext, searcher: Searcher, budget_ms: float | None) -> Any:
     cfg = ctx.config.search.reward
-    kind = cfg.kind if ctx.config.search.searcher == "rl" else searcher.reward_kind
+    rl_family = ("rl", "random", "cluster-rl")
+    kind = cfg.kind if ctx.config.search.searcher in rl_family else searcher.reward_kind
     if kind == "accuracy":
         return lambda m: float(m.accuracy)
     if kind == "latency" and budget_ms is None:
@@ -64,7 +65,9 @@ def _reward_fn(ctx: RunContext, searcher: Searcher, budget_ms: float | None) -> 
 
 
 def _importance(ctx: RunContext) -> Any:
-    name = ctx.config.search.criterion
+    # cluster-rl's action is a number of clusters: one representative of each is kept
+    cluster = ctx.config.search.searcher == "cluster-rl"
+    name = "cluster" if cluster else ctx.config.search.criterion
     if name != "taylor":
         return get_importance(name)
     return TaylorImportance(ctx.task.importance_batches)

@@ -1,39 +1,40 @@
-"""The RL-Pruner policy: a pruning distribution over groups, learned step by step.
+"""The RL-Pruner policy: a pruning distribution over groups, learned across the steps.
 
 Follows the public RL-Pruner code (Wang & Kindratenko, arXiv 2411.06463) where it is
-specific, and DESIGN.md "The algorithm" where we differ:
+specific, and ``docs/ARCHITECTURE.md`` ("The search") where we differ:
 
-- PD starts proportional to group width (``reinitialize_PD`` in the reference code).
+- PD starts proportional to group width (``reinitialize_PD`` in the reference code) and
+  carries from step to step (the collapse guard alone resets it).
 - Each candidate PD is ``PD + N(0, 1) * noise * U(0, 1)`` (one U per candidate), clamped
   at ``prob_floor`` and renormalised. Where the reference removes a fixed number of
-  channels split by PD, here the split is of the channels the step's knapsack plan removes
-  (water-filled by PD, snapped to the channel grid), and then *projected* onto the step's
-  cost target (:func:`~edgeprune.pipeline.search.knapsack.project`: step down by least
-  importance lost per ms saved while over, grow back by most importance per ms while it
-  fits). Every candidate of a step therefore has the same predicted latency, and the
-  reward is the proxy accuracy alone (``accuracy``; the MnasNet latency-exponent reward
-  stays an option and ``rl-flops`` is the paper's FLOPs reward).
+  channels split by PD, here the split is of the fewest channels that meet the step's cost
+  target (water-filled by PD, snapped to the channel grid), then *projected* onto it
+  (:func:`~edgeprune.pipeline.search.knapsack.project`). Every candidate of a step has the
+  same predicted latency, so the reward is the proxy accuracy alone (``accuracy``; the
+  MnasNet latency-exponent reward stays an option and ``rl-flops`` is the paper's FLOPs
+  reward).
 - The first epoch of every step also proposes the one-shot plans for the same target: the
-  knapsack's (valued by per-group normalised scores, and by raw group sums), global
-  magnitude's and uniform's (tags ``.../knapsack``, ``.../knapsack-raw``,
-  ``.../magnitude``, ``.../uniform``), their PDs read off their removals: the policy can
-  only add to them. Measured on the shared CIFAR-10 resnet20 at 70% of its latency, which
-  of them scores best varies (magnitude 66.6%, knapsack 45.4% / 56.0% raw, uniform 47.0%
-  proxy accuracy before recovery), so none is trusted alone.
-- A replay buffer keeps the best ``buffer_size`` (reward, PD) rows of the step. After each
-  RL epoch, if the epoch's best reward beats the step's best so far,
-  ``PD' = PD + step_length * (PD* - PD)`` (PD* = buffer's best), clamp, renormalise, then
-  the PPO-style clip ``PD'' = clip(PD' / PD, 1 - c, 1 + c) * PD``, clamp, renormalise.
-- The kept candidate is epsilon-greedy over the buffer: with probability epsilon a random
-  row, else the best. Epsilon decays (cosine by default) from ``epsilon`` at step 0 to 0
-  at ``epsilon_decay_fraction * total_steps_estimate`` steps, and stays 0 after.
+  knapsack's (per-group normalised scores, and raw group sums), global magnitude's and
+  uniform's, each projected onto the target like a sample (grown back while it fits).
+- **What is learned is what was evaluated**: a candidate's action is the distribution of
+  the plan that was scored (its removals per group, after projection), not the sample it
+  came from; many samples project onto one plan.
+- **An update every RL epoch, from advantages** (REINFORCE with a mean baseline, as PPO
+  uses advantages): ``A_i = (r_i - mean r) / std r`` over the epoch's scored candidates,
+  ``d = sum_i A_i (a_i - PD) / sum_i |A_i|`` (toward the better plans, away from the worse),
+  ``PD' = renorm(max(PD + step_length * d, floor))``, then the PPO clip of ``PD' / PD`` to
+  ``[1 - c, 1 + c]``. ``learn=False`` (searcher ``random``) keeps PD where it started: the
+  same proposals and projection with learning off, the ablation that tells whether the
+  policy adds anything.
+- A replay buffer keeps the best ``buffer_size`` scored rows of the step; the kept
+  candidate is the best (epsilon-greedy over the buffer when ``epsilon`` > 0; it decays
+  over the first ``epsilon_decay_fraction`` of the steps).
 - Collapse guard: if the accepted accuracy is more than ``collapse_drop`` (relative) below
-  the previous step's, PD is reset to width-proportional (current widths, as the
-  reference's ``reinitialize_PD``) and the step is redone, at most ``max_redos`` times.
+  the previous step's, PD is reset and the step redone, at most ``max_redos`` times.
+- ``history`` holds PD at the start and after every accepted step (the report plots it).
 
-Differences from the reference, on purpose: the first epoch always updates (the reference
-starts the best Q at 0, so negative rewards never update), and an exploratory pick only
-draws among filled buffer rows (the reference may draw an empty one).
+Defaults are the run config's (``edgeprune.config.SearchConfig``): the library, the CLI
+and a searcher built here run the same search.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune.config import SearchConfig
 from edgeprune.errors import SearchError
 from edgeprune.pipeline.search.base import (
     Candidate,
@@ -62,6 +64,11 @@ from edgeprune.pipeline.search.uniform import uniform_plan
 EPSILON_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")
 
 
+def _cfg(name: str) -> Any:
+    """The run config's default of a search field: one source for API, CLI and tests."""
+    return SearchConfig.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class RLSettings:
     """Hyper-parameters of the RL searcher (CPU-sized defaults; see :meth:`paper`).
@@ -70,7 +77,7 @@ class RLSettings:
         rl_epochs: RL epochs per prune step (paper 10).
         samples: Candidates per RL epoch (paper 10).
         noise: Std of the Gaussian noise on PD, times U(0, 1).
-        step_length: lambda in ``PD + lambda (PD* - PD)``.
+        step_length: How far PD moves along the epoch's advantage direction.
         ppo_clip: c in the clip of ``PD' / PD`` to ``[1 - c, 1 + c]``; 0 disables.
         prob_floor: Lower clamp of PD entries.
         epsilon: Initial chance to keep a random buffer row instead of the best.
@@ -80,21 +87,23 @@ class RLSettings:
         collapse_drop: Relative accuracy drop that triggers the collapse guard.
         max_redos: Redos of one step the guard may ask for; then the step is accepted.
         buffer_size: Replay buffer rows; 0 means ``samples`` (the reference's size).
+        learn: Update PD from the rewards; False is the ``random`` ablation.
     """
 
-    rl_epochs: int = 3
-    samples: int = 6
-    noise: float = 0.04
-    step_length: float = 0.1
-    ppo_clip: float = 0.2
+    rl_epochs: int = _cfg("rl_epochs")
+    samples: int = _cfg("samples")
+    noise: float = _cfg("noise")
+    step_length: float = _cfg("step_length")
+    ppo_clip: float = _cfg("ppo_clip")
     prob_floor: float = 1e-5
-    epsilon: float = 0.4
+    epsilon: float = _cfg("epsilon")
     epsilon_schedule: str = "cosine"
-    epsilon_decay_fraction: float = 0.1
+    epsilon_decay_fraction: float = _cfg("epsilon_decay_fraction")
     total_steps_estimate: int = 20
-    collapse_drop: float = 0.1
-    max_redos: int = 1
+    collapse_drop: float = _cfg("collapse_drop")
+    max_redos: int = _cfg("max_redos")
     buffer_size: int = 0
+    learn: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -154,19 +163,32 @@ def sample_pd(pd: np.ndarray, rng: np.random.Generator, noise: float, floor: flo
     return _clamp_renorm(pd + gauss * scale, floor)
 
 
-def update_pd(
-    pd: np.ndarray, best_pd: np.ndarray, step_length: float, clip: float, floor: float
+def policy_step(
+    pd: np.ndarray, direction: np.ndarray, step_length: float, clip: float, floor: float
 ) -> np.ndarray:
-    """Move PD toward the best candidate's PD, then PPO-clip the per-group ratio.
+    """Move PD along ``direction``, then PPO-clip the per-group ratio.
 
-    ``PD' = renorm(max(PD + step_length (PD* - PD), floor))``; with ``clip > 0``,
+    ``PD' = renorm(max(PD + step_length * direction, floor))``; with ``clip > 0``,
     ``PD'' = renorm(max(clip(PD' / PD, 1 - clip, 1 + clip) * PD, floor))``.
     """
-    moved = _clamp_renorm(pd + step_length * (best_pd - pd), floor)
+    moved = _clamp_renorm(pd + step_length * direction, floor)
     if clip <= 0:
         return moved
     ratio = np.clip(moved / np.maximum(pd, 1e-12), 1.0 - clip, 1.0 + clip)
     return _clamp_renorm(ratio * pd, floor)
+
+
+def advantage_direction(
+    policy: np.ndarray, actions: Sequence[Sequence[float]], rewards: Sequence[float]
+) -> np.ndarray | None:
+    """``sum_i A_i (a_i - policy) / sum_i |A_i|`` with ``A_i`` the standardised rewards; None
+    when the rewards cannot tell the actions apart (fewer than two, or all equal)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.size < 2 or not r.std() > 0:
+        return None
+    adv = (r - r.mean()) / r.std()
+    acts = np.asarray(actions, dtype=np.float64)
+    return (adv[:, None] * (acts - policy)).sum(axis=0) / np.abs(adv).sum()
 
 
 def epsilon_at(
@@ -222,7 +244,7 @@ class RLSearcher:
         seed: int = 0,
         *,
         name: str = "rl",
-        reward_kind: str = "latency",
+        reward_kind: str = "accuracy",
     ) -> None:
         self.settings = settings or RLSettings()
         self.name = name
@@ -241,6 +263,8 @@ class RLSearcher:
         self._step_best: float | None = None
         self._counter = 0
         self._chosen: Candidate | None = None
+        self.history: list[list[float]] = []  # PD at the start, then after each step
+        self.updates = 0  # policy updates made
 
     # -- ask/tell ------------------------------------------------------------------
 
@@ -250,7 +274,8 @@ class RLSearcher:
         ids = [int(g) for g in task.widths]
         if self.group_ids is None:
             self.group_ids = ids
-            self.pd = initial_pd([int(task.widths[g]) for g in task.widths])
+            self.pd = self._fresh_policy(task)
+            self.history = [self.pd.tolist()]
         elif ids != self.group_ids:
             raise SearchError(
                 f"the prunable groups changed between steps ({self.group_ids} -> {ids}); "
@@ -283,12 +308,14 @@ class RLSearcher:
         batch = []
         if self._epoch == 0:
             for name, plan in seeds.items():
-                seed_pd = _pd_of(step, plan, s.prob_floor)
-                batch.append(candidate_from_keep(step, plan, f"{prefix}/{name}", seed_pd))
+                batch.append(
+                    candidate_from_keep(step, plan, f"{prefix}/{name}", self._action(step, plan))
+                )
         for i in range(s.samples):
-            pd = sample_pd(self.pd, self.rng, s.noise, s.prob_floor)
-            keep = project_pd(step, pd)
-            batch.append(candidate_from_keep(step, keep, f"{prefix}/sample{i}", tuple(pd.tolist())))
+            keep = self._sample(step)
+            batch.append(
+                candidate_from_keep(step, keep, f"{prefix}/sample{i}", self._action(step, keep))
+            )
         self._pending = {c.tag: c for c in batch}
         return batch
 
@@ -335,7 +362,7 @@ class RLSearcher:
             else 0.0
         )
         if drop > s.collapse_drop and self.redo_count < s.max_redos:
-            self.pd = initial_pd(list(step.widths.values()))
+            self.pd = self._fresh_policy(step)
             self.redo_count += 1
             self._seeds = None
             self._step = None  # the loop must call start_step again
@@ -343,6 +370,8 @@ class RLSearcher:
         self.step_index += 1
         self.redo_count = 0
         self._step = None
+        assert self.pd is not None
+        self.history.append(self.pd.tolist())
         return True
 
     @property
@@ -368,11 +397,13 @@ class RLSearcher:
         """The one-shot plans for this step (computed once): the knapsack valued both ways
         (per-group normalised scores, and raw group sums), global magnitude and uniform."""
         if self._seeds is None:
+            # Projected like every sample: a one-shot plan that stops at the first fit
+            # (uniform landed at 62-90% of its target) competes with the latency it may use.
             seeds = {
                 "knapsack": solve_knapsack(task),
                 "knapsack-raw": solve_knapsack(task.with_raw_scores()),
-                "magnitude": magnitude_plan(task),
-                "uniform": uniform_plan(task, task.widths),
+                "magnitude": project(task, magnitude_plan(task)),
+                "uniform": project(task, uniform_plan(task, task.widths)),
             }
             unique: dict[str, Keep] = {}
             for name, plan in seeds.items():  # equal plans are one candidate
@@ -396,14 +427,38 @@ class RLSearcher:
         rows = self._buffer + scored
         rows.sort(key=lambda r: (-r.reward, -r.order))
         self._buffer = rows[: s.buffer_rows]
-        epoch_best = max(r.reward for r in scored)
-        if self._step_best is None or epoch_best > self._step_best:
-            self._step_best = epoch_best
-            best_pd = self._buffer[0].candidate.pd
-            assert self.pd is not None and best_pd is not None
-            self.pd = update_pd(
-                self.pd, np.asarray(best_pd), s.step_length, s.ppo_clip, s.prob_floor
-            )
+        best = max(r.reward for r in scored)
+        self._step_best = best if self._step_best is None else max(self._step_best, best)
+        if not s.learn:
+            return
+        assert self.pd is not None
+        direction = advantage_direction(
+            self.pd, [r.candidate.pd or () for r in scored], [r.reward for r in scored]
+        )
+        if direction is not None:
+            self.pd = self._apply(direction)
+            self.updates += 1
+
+    # -- the policy's parametrisation (cluster-rl overrides these) -------------------
+
+    def _fresh_policy(self, task: StepTask) -> np.ndarray:
+        """The policy at the first step and after a collapse: PD proportional to width."""
+        return initial_pd([int(task.widths[g]) for g in task.widths])
+
+    def _sample(self, task: StepTask) -> Keep:
+        """One exploratory plan on the step's target."""
+        assert self.pd is not None
+        s = self.settings
+        return project_pd(task, sample_pd(self.pd, self.rng, s.noise, s.prob_floor))
+
+    def _action(self, task: StepTask, keep: Keep) -> tuple[float, ...]:
+        """What the policy learns from: the evaluated plan's removals as a distribution."""
+        return _pd_of(task, keep, self.settings.prob_floor)
+
+    def _apply(self, direction: np.ndarray) -> np.ndarray:
+        assert self.pd is not None
+        s = self.settings
+        return policy_step(self.pd, direction, s.step_length, s.ppo_clip, s.prob_floor)
 
     # -- resume --------------------------------------------------------------------
 
@@ -411,7 +466,7 @@ class RLSearcher:
         """JSON-serialisable state, RNG included: a reload continues bit-for-bit."""
         return {
             "kind": "rl",
-            "version": 2,
+            "version": 3,
             "name": self.name,
             "settings": asdict(self.settings),
             "rng": self.rng.bit_generator.state,
@@ -426,6 +481,8 @@ class RLSearcher:
             "step_best": self._step_best,
             "counter": self._counter,
             "chosen": None if self._chosen is None else self._chosen.to_dict(),
+            "history": self.history,
+            "updates": self.updates,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -448,6 +505,8 @@ class RLSearcher:
             self._counter = int(state["counter"])
             chosen = state["chosen"]
             self._chosen = None if chosen is None else Candidate.from_dict(chosen)
+            self.history = [list(map(float, h)) for h in state["history"]]
+            self.updates = int(state["updates"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SearchError(
                 f"corrupt searcher state in the checkpoint ({exc!r}); start a new run directory"

@@ -23,11 +23,12 @@ from edgeprune.pipeline.search import (
     Searcher,
     epsilon_at,
     make_searcher,
-    update_pd,
+    policy_step,
 )
+from edgeprune.pipeline.search.cluster_rl import ClusterRLSearcher
 from edgeprune.pipeline.search.cost import Calibration, CostModel, LayerCost
 from edgeprune.pipeline.search.knapsack import solve_knapsack
-from edgeprune.pipeline.search.rl import initial_pd, sample_pd
+from edgeprune.pipeline.search.rl import _pd_of, advantage_direction, initial_pd, sample_pd
 from edgeprune.pipeline.search.task import StepTask
 
 BASE = {10: 32, 11: 64, 12: 64, 13: 128}
@@ -112,11 +113,11 @@ def test_sample_pd_adds_scaled_gaussian_then_clamps_and_renormalises() -> None:
 def test_update_moves_toward_best_then_clips_the_ratio() -> None:
     pd, best = np.array([0.5, 0.3, 0.2]), np.array([0.1, 0.5, 0.4])
     # lambda 0.5: PD' = [0.3, 0.4, 0.3]; ratio [0.6, 1.33, 1.5] -> [0.8, 1.2, 1.2]
-    np.testing.assert_allclose(update_pd(pd, best, 0.5, 0.2, 1e-5), [0.4, 0.36, 0.24])
+    np.testing.assert_allclose(policy_step(pd, best - pd, 0.5, 0.2, 1e-5), [0.4, 0.36, 0.24])
     # lambda 0.1: PD' = [0.46, 0.32, 0.22], ratios inside [0.8, 1.2]: no clip
-    np.testing.assert_allclose(update_pd(pd, best, 0.1, 0.2, 1e-5), [0.46, 0.32, 0.22])
+    np.testing.assert_allclose(policy_step(pd, best - pd, 0.1, 0.2, 1e-5), [0.46, 0.32, 0.22])
     # clip disabled: the raw move
-    np.testing.assert_allclose(update_pd(pd, best, 0.5, 0.0, 1e-5), [0.3, 0.4, 0.3])
+    np.testing.assert_allclose(policy_step(pd, best - pd, 0.5, 0.0, 1e-5), [0.3, 0.4, 0.3])
 
 
 def test_pd_split_water_fills_and_projection_keeps_its_shape() -> None:
@@ -182,19 +183,22 @@ def test_rl_never_keeps_a_candidate_worse_than_its_seeds() -> None:
     assert fake_eval(kept).reward >= max(seeds)
 
 
-def test_epoch_update_uses_the_best_candidate_pd() -> None:
-    s = RLSearcher(RLSettings(rl_epochs=2, samples=5, step_length=0.1), seed=4)
-    s.start_step(task_for(dict(BASE)))
+def test_every_epoch_updates_from_the_advantages_of_the_evaluated_plans() -> None:
+    s = RLSearcher(RLSettings(rl_epochs=2, samples=5, step_length=0.5), seed=4)
+    task = task_for(dict(BASE))
+    s.start_step(task)
     pd0 = s.pd.copy()
     batch = s.propose()
+    # what is learned from is the scored plan's removals, not the sample it came from
+    assert all(c.pd == _pd_of(task, c.keep, 1e-5) for c in batch)
     outs = [fake_eval(c) for c in batch]
     s.observe(outs[:2])  # partial: no update yet
     np.testing.assert_array_equal(s.pd, pd0)
     s.observe(outs[2:])
-    best = max(outs, key=lambda o: (o.reward, outs.index(o))).candidate  # ties: newest
-    np.testing.assert_allclose(s.pd, update_pd(pd0, np.array(best.pd), 0.1, 0.2, 1e-5))
-    assert s.buffer[0][0] == max(o.reward for o in outs) and len(s.buffer) == 5
-    # a second epoch that does not beat the step's best leaves PD alone
+    d = advantage_direction(pd0, [o.candidate.pd for o in outs], [o.reward for o in outs])
+    np.testing.assert_allclose(s.pd, policy_step(pd0, d, 0.5, 0.2, 1e-5))
+    assert s.updates == 1 and s.buffer[0][0] == max(o.reward for o in outs)
+    # rewards that cannot tell the plans apart move nothing; the buffer keeps the best
     pd1 = s.pd.copy()
     batch = s.propose()
     s.observe([Outcome(c, reward=-1.0, accuracy=0.1) for c in batch])
@@ -203,6 +207,14 @@ def test_epoch_update_uses_the_best_candidate_pd() -> None:
     chosen = s.choose()
     assert fake_eval(chosen).reward == max(o.reward for o in outs)
     assert all(s.choose() == chosen for _ in range(20))  # idempotent: no redraw
+
+
+def test_advantage_direction_points_to_the_better_actions() -> None:
+    pd = np.array([0.5, 0.5])
+    d = advantage_direction(pd, [[0.8, 0.2], [0.2, 0.8]], [1.0, 0.0])
+    np.testing.assert_allclose(d, [0.3, -0.3])
+    assert advantage_direction(pd, [[0.8, 0.2]], [1.0]) is None
+    assert advantage_direction(pd, [[0.8, 0.2], [0.2, 0.8]], [0.5, 0.5]) is None
 
 
 def test_rl_learns_to_spare_the_sensitive_group_and_beats_the_one_shot_plans() -> None:
@@ -243,7 +255,7 @@ def test_collapse_guard_resets_pd_and_asks_for_one_redo() -> None:
 
 def test_collapse_guard_threshold_is_relative_ten_percent() -> None:
     for acc, ok in [(0.82, True), (0.8101, True), (0.80, False)]:
-        s = RLSearcher(RLSettings(rl_epochs=1, samples=2), seed=0)
+        s = RLSearcher(RLSettings(rl_epochs=1, samples=2, max_redos=1), seed=0)
         s.start_step(task_for(dict(BASE)))
         s.observe([fake_eval(c) for c in s.propose()])
         assert s.end_step(Outcome(s.choose(), 0.0, accuracy=acc), 0.90) is ok
@@ -293,9 +305,47 @@ def test_contract_misuse_and_bad_state_raise_search_error() -> None:
 
 
 def test_registry_names_and_rewards() -> None:
-    for name in ("rl", "rl-flops", "knapsack", "uniform", "magnitude"):
+    for name in ("rl", "random", "cluster-rl", "rl-flops", "knapsack", "uniform", "magnitude"):
         assert isinstance(make_searcher(name), Searcher)
     assert make_searcher("rl").reward_kind == "accuracy"
     flops = make_searcher("rl-flops", RLSettings.paper())
     assert flops.reward_kind == "flops" and isinstance(flops, RLSearcher)
     assert flops.settings.rl_epochs == 10 and flops.settings.samples == 10
+
+
+def _final_accuracy(name: str, seed: int, **settings: float) -> float:
+    cfg = {"rl_epochs": 3, "samples": 6, "noise": 0.08, **settings}
+    _, _, widths = run_steps(make_searcher(name, cfg, seed=seed), dict(BASE), 5)
+    return fake_eval(Candidate(widths, 0)).accuracy
+
+
+def test_learning_beats_the_same_proposals_with_learning_off() -> None:
+    """The ablation the default rests on, on the harness: ``random`` proposes the same way
+    (seeds, samples around PD, projection) but never updates PD."""
+    rl = [_final_accuracy("rl", seed) for seed in range(8)]
+    off = [_final_accuracy("random", seed) for seed in range(8)]
+    assert np.mean(rl) > np.mean(off) + np.std(rl)
+    assert sum(a > b for a, b in zip(rl, off, strict=True)) >= 6
+    s = make_searcher("random", {"rl_epochs": 2, "samples": 3}, seed=0)
+    run_steps(s, dict(BASE), 2)
+    assert s.updates == 0 and all(h == s.history[0] for h in s.history)
+
+
+def test_cluster_rl_learns_cluster_fractions_and_spares_the_sensitive_group() -> None:
+    s = make_searcher("cluster-rl", {"rl_epochs": 3, "samples": 6}, seed=0)
+    _, _, widths = run_steps(s, dict(BASE), 5)
+    start, end = np.array(s.history[0]), np.array(s.history[-1])
+    assert s.updates > 0 and end[0] > start[0] and end[3] < start[3]  # group 10 up, 13 down
+    assert widths[10] / BASE[10] > widths[13] / BASE[13]
+    learned = np.mean([_final_accuracy("cluster-rl", seed) for seed in range(4)])
+    off = [
+        run_steps(ClusterRLSearcher(RLSettings(rl_epochs=3, samples=6, learn=False), seed),
+                  dict(BASE), 5)[2]
+        for seed in range(4)
+    ]  # fmt: skip
+    assert learned > np.mean([fake_eval(Candidate(w, 0)).accuracy for w in off])
+    saved = json.loads(json.dumps(s.state_dict()))
+    clone = make_searcher("cluster-rl", {"rl_epochs": 3, "samples": 6}, seed=1)
+    clone.load_state_dict(saved)
+    assert clone.base == s.base and np.allclose(clone.pd, s.pd)
+    assert run_steps(s, dict(widths), 1) == run_steps(clone, dict(widths), 1)
