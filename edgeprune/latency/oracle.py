@@ -340,8 +340,11 @@ class LatencyOracle:
             model: The candidate (torch model or ONNX path).
             baseline_model: The reference (usually the unpruned model).
             blocks: Interleaved blocks; the settings' ``blocks`` when ``None``.
-            fresh: Measure again even when the cache has this comparison (a confirmation);
-                the new result replaces the cached one.
+            fresh: Measure again even when the cache has this comparison (a confirmation):
+                the result combines both measurements (geometric mean of the two ratios,
+                all blocks kept), and that is what the cache holds from then on, so a
+                resumed run sees the figure this one decided on. Neither the lower nor the
+                later one is preferred: keeping the minimum biased every decision low.
 
         Returns:
             A :class:`BaselineComparison`, which also unpacks as ``(cand, base, ratio)``.
@@ -351,7 +354,8 @@ class LatencyOracle:
         cand_sig, base_sig = self.signature(model), self.signature(baseline_model)
         kind = f"ratio{n_blocks}" if stat == "p50" else f"ratio{n_blocks}-{stat}"
         key = self._key(kind, cand_sig, base_sig)
-        row = None if fresh else self._cache.get(key)
+        cached = self._cache.get(key)
+        row = None if fresh else cached
         if row is not None:
             self.hits += 1
             return BaselineComparison(
@@ -379,6 +383,13 @@ class LatencyOracle:
                 base_runs.append(self.target.measure(base, None, per_block))
         notes = {**pin, "load_1m_before": load, "load_1m_after": load_avg_1m()}
         result = compare_blocks(cand_runs, base_runs, stat, notes)
+        if cached is not None:  # a confirmation: both measurements count
+            result = BaselineComparison(
+                result.candidate,
+                result.baseline,
+                float((float(cached["ratio"]) * result.ratio) ** 0.5),
+                (*cached["block_ratios"], *result.block_ratios),
+            )
         self._store(
             key,
             {

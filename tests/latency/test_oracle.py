@@ -111,3 +111,16 @@ def test_interleaved_ratio_sees_a_much_smaller_model(profile, tmp_path: Path) ->
     assert ratio == pytest.approx(statistics.median(result.block_ratios))
     assert oracle.measure_vs_baseline(_tiny(4, seed=2), _tiny(64, seed=2), blocks=4).ratio == ratio
     assert oracle.hits == 1
+
+
+def test_a_confirmation_combines_both_measurements_and_is_what_the_cache_keeps(
+    profile, tmp_path: Path
+) -> None:
+    cache = tmp_path / "c.jsonl"
+    oracle = LatencyOracle(profile, cache, workdir=tmp_path, export_fn=export_onnx)
+    small, big = _tiny(4), _tiny(16)
+    first = oracle.measure_vs_baseline(small, big, blocks=2)
+    again = oracle.measure_vs_baseline(small, big, blocks=2, fresh=True)
+    assert len(again.block_ratios) == 4 and again.block_ratios[:2] == first.block_ratios
+    resumed = LatencyOracle(profile, cache, workdir=tmp_path, export_fn=export_onnx)
+    assert resumed.measure_vs_baseline(small, big, blocks=2).ratio == again.ratio

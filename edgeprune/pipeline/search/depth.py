@@ -16,9 +16,11 @@ layers. The depth choice weighs blocks against channels at the goal itself:
    blocks at a 2x speedup, and the run ended 5.6 test points below channels alone. Counts
    whose channel floor is above the goal cannot reach it and are skipped;
 4. the count with the best proxy accuracy wins (ties: fewer blocks), provided it beats
-   channels alone (when they can reach the goal) by more than one standard error of the
-   proxy; the channel search then runs its latency schedule from the model without those
-   blocks.
+   channels alone (when they can reach the goal) by more than the proxy's standard error
+   times sqrt(2 ln N) for N options (the best of N noisy scores beats a fair one by about
+   that much by chance); the channel search then runs its latency schedule from the model
+   without those blocks, and drops more blocks (the next reachable option) when the
+   channels cannot reach the goal from there.
 
 ``n = 0`` is always weighed, so a budget channels can meet drops blocks only when the proxy
 says it pays.
@@ -26,6 +28,7 @@ says it pays.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +70,7 @@ class DepthChoice:
     blocks: list[dict[str, Any]] = field(default_factory=list)
     options: list[dict[str, Any]] = field(default_factory=list)
     recovery_epochs: float = 0.0
+    margin: float | None = None  # what dropping blocks had to beat channels alone by
 
     @property
     def kd_epochs(self) -> float:
@@ -80,6 +84,7 @@ class DepthChoice:
             "options": self.options,
             "recovery_epochs": self.recovery_epochs,
             "kd_epochs": self.kd_epochs,
+            "margin": self.margin,
         }
 
 
@@ -183,12 +188,16 @@ def choose_depth(
             best = (acc, n)
     if best is not None:
         choice.dropped = tuple(b.name for b in order[: best[1]])
-    # Depth only when it measurably pays: a block count must beat channels alone by more
-    # than one standard error of the proxy (binomial, over the validation subset).
+    # Depth only when it measurably pays: the best block count must beat channels alone by
+    # more than the best of that many noisy scores beats a fair one by chance: one standard
+    # error of the proxy (binomial, over the validation subset) times sqrt(2 ln N) for N
+    # options with blocks, the expected maximum of N standard normals (about 2 for 7).
     width = next((o for o in choice.options if o["blocks"] == 0 and o["reachable"]), None)
     if best is not None and width is not None and best[1] > 0:
         p = width["proxy_accuracy"]
-        if best[0] - p <= ctx.task.score_se(p):
+        n = sum(1 for o in choice.options if o["reachable"] and o["blocks"] > 0)
+        choice.margin = ctx.task.score_se(p) * max(1.0, math.sqrt(2 * math.log(max(n, 1))))
+        if best[0] - p <= choice.margin:
             choice.dropped = ()
     return choice
 

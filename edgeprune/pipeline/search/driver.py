@@ -231,7 +231,10 @@ def search(
         return st, model
     goal = _goal(ctx, st.baseline_ms)
     if st.start_value is not None:  # blocks dropped: the schedule starts where they left it
-        goal = dataclasses.replace(goal, start=st.start_value)
+        revisits = (st.depth or {}).get("revisits") or [{"after_step": 0}]
+        goal = dataclasses.replace(
+            goal, start=st.start_value, offset=int(revisits[-1]["after_step"])
+        )
     settings = {**cfg.search.model_dump(), "total_steps_estimate": goal.steps}
     searcher = make_searcher(cfg.search.searcher, settings, seed=cfg.seed)
     if st.searcher is not None:
@@ -248,19 +251,33 @@ def search(
         transient=False,
     ) as bar:
         task_id = bar.add_task("search", total=goal.steps, completed=st.step, info="")
-        while st.value > goal.value * (1 + 1e-9):
-            if st.step >= cfg.goal.max_steps:
-                stop_reason = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
-                break
-            done = _one_step(ctx, st, model, searcher, reward, importance, goal, (bar, task_id))
-            if done is None:
-                stop_reason = (
-                    "nothing left to remove that the cost model says is faster: the goal is "
-                    "out of reach for this model and channel grid; kept the smallest model found"
+        while True:  # ends: each pass either meets the goal, stops, or drops more blocks
+            stop_reason, out_of_reach = None, False
+            while st.value > goal.value * (1 + 1e-9):
+                if st.step >= cfg.goal.max_steps:
+                    stop_reason = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
+                    break
+                done = _one_step(
+                    ctx, st, model, searcher, reward, importance, goal, (bar, task_id)
                 )
+                if done is None:
+                    out_of_reach = True
+                    stop_reason = (
+                        "nothing left to remove that the cost model says is faster: the goal "
+                        "is out of reach for this model and channel grid; kept the smallest "
+                        "model found"
+                    )
+                    break
+                st, model = done
+                bar.update(task_id, completed=st.step, total=max(goal.steps, st.step))
+            deeper = _deeper_option(st) if out_of_reach else None
+            if deeper is None:
                 break
-            st, model = done
-            bar.update(task_id, completed=st.step, total=max(goal.steps, st.step))
+            # The channels cannot reach the goal from the chosen depth: start again from
+            # the base with more blocks dropped (the depth choice's next reachable option).
+            st, model, goal = _deepen(ctx, st, goal, deeper)
+            searcher = make_searcher(cfg.search.searcher, settings, seed=cfg.seed + st.step)
+            reward = _reward_fn(ctx, searcher, st.budget_ms)
     st = st.replace(
         search_s=st.search_s + time.perf_counter() - t_search,
         stop_reason=stop_reason or "goal met",
@@ -268,6 +285,51 @@ def search(
     )
     ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
     return st, model
+
+
+def _deeper_option(st: SearchState) -> list[str] | None:
+    """The depth choice's next reachable option with more blocks than dropped now."""
+    options = (st.depth or {}).get("options", [])
+    now = len(st.dropped_blocks)
+    more = [o for o in options if o.get("reachable") and o["blocks"] > now]
+    return list(min(more, key=lambda o: o["blocks"])["dropped"]) if more else None
+
+
+def _deepen(
+    ctx: RunContext, st: SearchState, goal: Goal, dropped: list[str]
+) -> tuple[SearchState, nn.Module, Goal]:
+    """Restart the channel search from the base without ``dropped`` (more blocks than
+    before); the steps so far stay in the log, their KD epochs stay spent."""
+    r = reduce(ctx, tuple(dropped))
+    ctx.use_start(r.dropped, r.model, r.groups, r.cost)
+    measured = _measure_latency(ctx, r.model, st)
+    ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
+    macs, params = count_macs_params(r.model, ctx.example)
+    revisits = [*(st.depth or {}).get("revisits", []),
+                {"after_step": st.step, "from_blocks": len(st.dropped_blocks),
+                 "to_blocks": len(dropped), "start_ms": measured}]  # fmt: skip
+    ctx.console.print(
+        f"depth: channels cannot reach the goal from {len(st.dropped_blocks)} dropped blocks;"
+        f" starting again with {len(dropped)} ({measured:.3f} ms measured)"
+    )
+    st = st.replace(
+        depth={**(st.depth or {}), "revisits": revisits, "dropped": list(dropped)},
+        dropped_blocks=r.dropped,
+        start_value=measured,
+        value=measured,
+        latency_ms=measured,
+        macs=macs,
+        params=params,
+        accuracy=ctx.proxy_accuracy(_copy(r.model)),
+        removed_base={},
+        survivors={str(g.id): list(range(g.width)) for g in r.groups.prunable},
+        searcher=None,
+        lut_samples=(),  # they describe plans of the old start
+        calibration=tuple(ctx.cost.calibration.pairs),
+    )
+    model = _copy(r.model).eval()
+    ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
+    return st, model, dataclasses.replace(goal, start=measured, offset=st.step)
 
 
 def _land(
@@ -296,8 +358,9 @@ def _land(
         if goal.kind == "latency" and abs(measured / predicted - 1) > 2 * tol:
             # A surprise is measured again before it re-plans anything: on a shared host a
             # narrow model ran ~0.23 or ~0.30 ms by the minute (bench/results/latency_stat_*),
-            # and a slow spell of the host is not the model's latency.
-            measured = min(measured, _measure_latency(ctx, arch, st, fresh=True))
+            # and a slow spell of the host is not the model's latency. Both measurements
+            # count (their geometric mean): the lower one alone biased every accept low.
+            measured = _measure_latency(ctx, arch, st, fresh=True)
         raw = ctx.cost.raw(keep)
         ctx.cost.calibration.add(raw, measured)
         tries.append({"keep": dict(keep), "predicted": predicted, "measured": measured})

@@ -24,6 +24,8 @@ class Goal:
         value: The goal (cost <= value).
         steps: Planned prune steps.
         schedule: ``geometric`` or ``linear``.
+        offset: Step count at which this schedule starts (a search that starts again from
+            the base with more blocks dropped schedules its steps anew from there).
     """
 
     kind: str
@@ -31,9 +33,11 @@ class Goal:
     value: float
     steps: int
     schedule: str = "geometric"
+    offset: int = 0
 
     def target(self, step: int) -> float:
         """Target of step ``step`` (0-based); steps past the plan target the goal itself."""
+        step -= self.offset
         if step + 1 >= self.steps:
             return self.value
         t = (step + 1) / self.steps
@@ -42,7 +46,7 @@ class Goal:
         return self.start * (self.value / self.start) ** t
 
     def is_final(self, step: int) -> bool:
-        return step + 1 >= self.steps
+        return step - self.offset + 1 >= self.steps
 
     def first_open(self, step: int, value: float) -> int:
         """The first step from ``step`` whose target lies below ``value`` (the final step at
