@@ -26,8 +26,17 @@ def run_profiles(args: argparse.Namespace) -> int:
             raise EdgepruneError("`edgeprune profiles show` needs a profile name or YAML path")
         import yaml
 
+        from edgeprune.latency.lut import host_self_check
+
         profile = load_profile(args.name)
         out.print(yaml.safe_dump(profile.model_dump(mode="json"), sort_keys=False), end="")
+        check = host_self_check(profile)
+        if check and check.get("n"):  # a YAML comment: the output stays a valid profile
+            out.print(
+                f"# latency table on this host (last build, {check['model']}): median error "
+                f"{check['median_abs_pct']:.1f}%, worst {check['max_abs_pct']:.1f}% over "
+                f"{check['n']} held-out layer sizes"
+            )
         return 0
     table = Table(title="Device profiles")
     table.add_column("name", no_wrap=True)

@@ -54,6 +54,10 @@ def test_readme_library_example_runs_as_written(tmp_path: Path) -> None:
     graph = onnx.load(str(run / "model.onnx")).graph
     assert [o.name for o in graph.output] == ["out.0", "out.1"]
     assert "cell accuracy" in (run / "report.md").read_text()
+    # the latency table's own error on this host, measured by the build of this run
+    check = report["lut"]["self_check"]
+    assert check["n"] >= 2 and 0 <= check["median_abs_pct"] <= check["max_abs_pct"]
+    assert "self-check on this host" in (run / "report.md").read_text()
 
 
 def _pixel_accuracy(model: torch.nn.Module, data) -> float:  # type: ignore[no-untyped-def]

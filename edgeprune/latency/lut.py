@@ -244,6 +244,9 @@ class LatencyLUT:
         build_s: Wall time of the build.
         points_measured: Grid points measured by the build (0 when all came from the cache).
         calibration: (raw prediction ms, measured ms) pairs the calibration is fitted on.
+        self_check: The table's error on this host, from held-out points measured by the
+            build (see :func:`self_check`): ``n``, ``median_abs_pct``, ``max_abs_pct``,
+            ``warning`` and the points; None for LUTs saved before it existed.
     """
 
     profile: str
@@ -258,6 +261,7 @@ class LatencyLUT:
     build_s: float = 0.0
     points_measured: int = 0
     calibration: list[tuple[float, float]] = field(default_factory=list)
+    self_check: dict[str, Any] | None = None
     _tables_by_layer: dict[str, LayerTable] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -367,6 +371,7 @@ class LatencyLUT:
             "build_s": self.build_s,
             "points_measured": self.points_measured,
             "curve": self.curve.to_dict() if self.curve else None,
+            "self_check": self.self_check,
             "layers": [s.to_dict() for s in self.layers.values()],
             "tables": {k: t.to_dict() for k, t in self.tables.items()},
         }
@@ -391,6 +396,7 @@ class LatencyLUT:
             build_s=float(d.get("build_s", 0.0)),
             points_measured=int(d.get("points_measured", 0)),
             calibration=[(float(x), float(y)) for x, y in d.get("calibration", [])],
+            self_check=d.get("self_check"),
         )
 
     def save(self, path: Path) -> None:
@@ -451,6 +457,7 @@ class LatencyLUT:
         for s in specs:
             by_cfg[s.config.key()].append(s)
         tables: dict[str, LayerTable] = {}
+        checks: list[dict[str, Any]] = []
         for n_table, (key, group) in enumerate(by_cfg.items(), 1):
             t_table, n_before = time.perf_counter(), meas.points_measured
             cfg = group[0].config
@@ -461,9 +468,11 @@ class LatencyLUT:
             if cfg.groups_mode == "depthwise":
                 axis_out = axis_in
             slow_pts = _slow_points(cfg, axis_in, axis_out)
+            held = held_out_points(cfg, axis_in, axis_out, key)
             raw = _measured_points(
-                root / f"{key}.json", cfg, axis_in, axis_out, meas, passes, extra=slow_pts
-            )
+                root / f"{key}.json", cfg, axis_in, axis_out, meas, passes,
+                extra=[*slow_pts, *held],
+            )  # fmt: skip
             grid = tuple(
                 tuple(max(raw.get((ci, co), 0.0) - overhead_us, 0.0) for co in axis_out)
                 for ci in axis_in
@@ -475,6 +484,16 @@ class LatencyLUT:
                 [(ci, co, max(raw[(ci, co)] - overhead_us, 0.0)) for ci, co in slow_pts]
             )
             tables[key] = LayerTable(cfg, axis_in, axis_out, grid, slow)
+            for ci, co in held:
+                checks.append(
+                    {
+                        "layer": cfg.describe(),
+                        "c_in": ci,
+                        "c_out": co,
+                        "measured_us": max(raw[(ci, co)] - overhead_us, 0.0),
+                        "predicted_us": tables[key].predict_us(ci, co, multiple),
+                    }
+                )
             if progress:
                 done = meas.points_measured - n_before
                 how = f"{done} points measured" if done else "from the cache"
@@ -493,7 +512,97 @@ class LatencyLUT:
             curve=curve,
             build_s=time.perf_counter() - start,
             points_measured=meas.points_measured - before,
+            self_check=_record_self_check(root, self_check(checks, overhead_us), model),
         )
+
+
+#: Held-out points measured per table by the build, to check the table on this host.
+HELD_OUT_PER_TABLE = 2
+#: A self-check worse than these (median, max absolute % error) is warned about.
+SELF_CHECK_WARN_PCT = (5.0, 15.0)
+
+
+def held_out_points(
+    cfg: LayerConfig, axis_in: tuple[int, ...], axis_out: tuple[int, ...], key: str
+) -> list[tuple[int, int]]:
+    """Channel counts the table did not measure, to check it against: one on the channel
+    multiple's staircase and one off it (the slow path) where the axes leave room, drawn
+    with a generator seeded by the table's key (the same points on every build)."""
+    rng = np.random.default_rng(int(key[:8], 16))
+    step = cfg.channel_step
+
+    def pick(axis: tuple[int, ...], aligned: bool) -> int | None:
+        top = axis[-1]
+        pool = [
+            c for c in range(step, top + 1, step)
+            if c not in axis and (c % ALIGN == 0) == aligned
+        ]  # fmt: skip
+        return int(rng.choice(pool)) if pool else None
+
+    out: list[tuple[int, int]] = []
+    for aligned in (True, False)[:HELD_OUT_PER_TABLE]:
+        ci = pick(axis_in, aligned) if len(axis_in) > 1 else axis_in[0]
+        if ci is None:
+            continue
+        if cfg.groups_mode == "depthwise":
+            out.append((ci, ci * cfg.depth_mult))
+            continue
+        co = pick(axis_out, aligned) if len(axis_out) > 1 else axis_out[0]
+        if co is not None and (ci, co) not in out:
+            out.append((ci, co))
+    return out
+
+
+def self_check(checks: Sequence[Mapping[str, Any]], overhead_us: float) -> dict[str, Any]:
+    """The table's error on this host: held-out points, each predicted by its table and
+    measured in the same build, as % of the point's latency (the call overhead included,
+    as a model's layers pay it)."""
+    errs = [
+        100.0
+        * abs(c["predicted_us"] - c["measured_us"])
+        / max(c["measured_us"] + overhead_us, 1e-9)
+        for c in checks
+    ]
+    if not errs:
+        return {"n": 0, "median_abs_pct": None, "max_abs_pct": None, "warning": None,
+                "points": []}  # fmt: skip
+    med, worst = float(np.median(errs)), float(np.max(errs))
+    warn_med, warn_max = SELF_CHECK_WARN_PCT
+    warning = None
+    if med > warn_med or worst > warn_max:
+        warning = (
+            f"the latency table predicts held-out layer sizes on this host with a median "
+            f"error of {med:.1f}% and a worst of {worst:.1f}% (over {warn_med:g}% / "
+            f"{warn_max:g}%): its predictions steer the search less surely here; the landings "
+            "are measured all the same"
+        )
+    return {
+        "n": len(errs),
+        "median_abs_pct": med,
+        "max_abs_pct": worst,
+        "warning": warning,
+        "points": [{**c, "abs_pct": e} for c, e in zip(checks, errs, strict=True)],
+    }
+
+
+def _record_self_check(root: Path, check: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Keep the last build's self-check beside the profile's facts (``profiles show``)."""
+    path = root / "profile.json"
+    facts = _read_json(path)
+    if facts is not None:
+        summary = {k: check[k] for k in ("n", "median_abs_pct", "max_abs_pct")}
+        facts["self_check"] = {**summary, "model": type(model).__name__}
+        atomic_write_json(path, facts)
+    return check
+
+
+def host_self_check(profile: DeviceProfile, cache_dir: Path | None = None) -> dict[str, Any] | None:
+    """The last latency-table self-check on this host for ``profile`` (None: no build yet)."""
+    root = (Path(cache_dir) if cache_dir else default_cache_dir() / "lut") / profile_fingerprint(
+        profile
+    )
+    facts = _read_json(root / "profile.json")
+    return None if facts is None else facts.get("self_check")
 
 
 def _fit(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:

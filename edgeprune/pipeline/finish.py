@@ -159,6 +159,11 @@ def _policy(ctx: RunContext, st: SearchState) -> dict[str, Any] | None:
     }
 
 
+def _lut_warning(ctx: RunContext) -> list[str]:
+    check = ctx.predictor.self_check if ctx.predictor is not None else None
+    return [check["warning"]] if check and check.get("warning") else []
+
+
 def _kd_epochs(ctx: RunContext, st: SearchState) -> dict[str, float | None]:
     """Where the one KD budget went: depth options' recoveries, steps, final (sum = spent)."""
     depth = float((st.depth or {}).get("kd_epochs", 0.0))
@@ -235,7 +240,9 @@ def _report(
     if ctx.predictor is not None:
         samples = st.lut_samples
         errs = [abs(s["predicted_ms"] - s["latency_ms"]) / s["latency_ms"] for s in samples]
+        check = ctx.predictor.self_check or {}
         lut = {
+            "self_check": {k: check.get(k) for k in ("n", "median_abs_pct", "max_abs_pct")},
             "channel_multiple": ctx.predictor.channel_multiple,
             "prediction_error": {
                 "n": len(errs),
@@ -290,7 +297,7 @@ def _report(
         },
         "final_latency_ms": final_ms,
         "latency_scale": scale,
-        "warnings": scale["warnings"],
+        "warnings": [*scale["warnings"], *_lut_warning(ctx)],
         "speedup": {
             "measured": scale["baseline_ms"] / final_ms,
             "statistic": scale["statistic"],

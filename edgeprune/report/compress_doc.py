@@ -237,6 +237,15 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
                 f"({lut.get('note', '')})."
             )
         )
+    check = (lut or {}).get("self_check") or {}
+    if check.get("n"):
+        out.append(
+            Para(
+                f"The table's self-check on this host, at build time: held-out layer sizes "
+                f"predicted with a median error of {check['median_abs_pct']:.1f}% and a worst "
+                f"of {check['max_abs_pct']:.1f}% ({check['n']} points measured in that build)."
+            )
+        )
     return out
 
 

@@ -251,3 +251,27 @@ def test_lut_build_on_grouped_convs_ends_and_predicts(profile, tmp_path: Path) -
     # progress names the layer type and the work, not a cache hash
     assert any("grouped(8)" in line and "points measured" in line for line in lines)
     assert not any(t in " ".join(lines) for t in lut.tables)
+
+
+def test_the_build_checks_its_table_on_held_out_points(profile, tmp_path: Path) -> None:
+    """Every build measures channel counts its grid left out (on the staircase and off it)
+    and reports the table's error on this host from those measurements."""
+    from edgeprune.latency.lut import held_out_points, host_self_check
+
+    lut = LatencyLUT.build(
+        TinyConvNet(width=32), profile, cache_dir=tmp_path, channel_multiple=8,
+        max_points_per_axis=2, passes=1,
+    )  # fmt: skip
+    check = lut.self_check
+    assert check is not None and check["n"] >= 2 and len(check["points"]) == check["n"]
+    for point in check["points"]:
+        table = next(t for t in lut.tables.values() if t.config.describe() == point["layer"])
+        assert (point["c_in"], point["c_out"]) in held_out_points(
+            table.config, table.axis_in, table.axis_out, table.config.key()
+        )
+        # held out: not a grid point of the table it checks
+        assert not (point["c_in"] in table.axis_in and point["c_out"] in table.axis_out)
+        assert point["measured_us"] >= 0 and point["predicted_us"] >= 0
+    assert check["median_abs_pct"] <= check["max_abs_pct"]
+    assert LatencyLUT.from_dict(lut.to_dict()).self_check == check
+    assert host_self_check(profile, tmp_path)["n"] == check["n"]

@@ -257,9 +257,7 @@ def search(
                 if st.step >= cfg.goal.max_steps:
                     stop_reason = f"max_steps ({cfg.goal.max_steps}) reached before the goal"
                     break
-                done = _one_step(
-                    ctx, st, model, searcher, reward, importance, goal, (bar, task_id)
-                )
+                done = _one_step(ctx, st, model, searcher, reward, importance, goal, (bar, task_id))
                 if done is None:
                     out_of_reach = True
                     stop_reason = (
