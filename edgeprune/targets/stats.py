@@ -88,3 +88,21 @@ def block_ratio(candidate: Blocks, baseline: Blocks, statistic: str) -> float:
         return statistic_ms(candidate, statistic) / statistic_ms(baseline, statistic)
     fn = _PER_ITERATION[statistic]
     return float(statistics.median(fn(c) / fn(b) for c, b in zip(candidate, baseline, strict=True)))
+
+
+def ratio_interval(
+    block_ratios: Sequence[float], confidence: float = 0.9, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap interval of the median of per-block ratios (resampling whole blocks: a
+    block is one side-by-side measurement, the unit a neighbour's load disturbs). One
+    block gives a zero-width interval at its ratio."""
+    import numpy as np
+
+    r = np.asarray(block_ratios, dtype=np.float64)
+    if r.size == 0:
+        raise ValueError("need at least one block ratio")
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(r, size=(resamples, r.size), replace=True), axis=1)
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -133,6 +133,11 @@ def test_depth_pruning_drops_blocks_where_channels_alone_cannot_reach(tmp_path):
     from edgeprune.pipeline.pruning.pruned_io import load_pruned
 
     report = compress(_resnet20(tmp_path, 600), tmp_path / "run")
+    # one verdict: the final check's ratio and interval, decided as the landings decide
+    v = report["goal"]["verdict"]
+    assert v["interval"][0] <= v["ratio"] <= v["interval"][1] and v["blocks"] >= 7
+    assert report["goal"]["budget_met"] == v["met"] == (v["ratio"] <= v["needed_ratio"])
+    assert v["certain"] == (not v["interval"][0] <= v["needed_ratio"] < v["interval"][1])
     depth = report["depth"]
     unreachable = [o for o in depth["options"] if not o["reachable"]]
     assert unreachable and unreachable[0]["blocks"] == 0  # channels alone: over the budget

@@ -34,3 +34,14 @@ def test_bad_input_is_named():
         statistic_ms(BASE, "p42")
     with pytest.raises(ValueError, match="same number of blocks"):
         block_ratio(BASE[:2], BASE, "p50")
+
+
+def test_ratio_interval_brackets_the_median_and_narrows_with_agreeing_blocks() -> None:
+    from edgeprune.targets.stats import ratio_interval
+
+    tight = ratio_interval([0.50, 0.51, 0.49, 0.50, 0.50, 0.51, 0.49])
+    loose = ratio_interval([0.40, 0.62, 0.45, 0.58, 0.50, 0.66, 0.35])
+    assert tight[0] <= 0.50 <= tight[1] and loose[0] <= 0.50 <= loose[1]
+    assert tight[1] - tight[0] < loose[1] - loose[0]
+    assert ratio_interval([0.7]) == (0.7, 0.7)
+    assert ratio_interval([0.4, 0.6], seed=3) == ratio_interval([0.4, 0.6], seed=3)
