@@ -31,6 +31,7 @@ from edgeprune.pipeline.search.base import Candidate
 from edgeprune.pipeline.search.depth import choose_depth, depth_floor, droppable_blocks, reduce
 from edgeprune.pipeline.search.evaluator import base_grid, step_task
 from edgeprune.pipeline.search.knapsack import project
+from edgeprune.pipeline.search.landing import pick_landing, step_aim, step_window
 from edgeprune.pipeline.search.parallel import CandidateScorer
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
@@ -371,14 +372,7 @@ def _land(
         if nxt == keep or any(t["keep"] == nxt for t in tries):
             break
         keep = nxt
-    inside = [t for t in tries if lo <= t["measured"] <= hi]
-    under = [t for t in tries if t["measured"] <= hi]
-    if inside:
-        best = max(inside, key=lambda t: t["measured"])
-    elif under:
-        best = max(under, key=lambda t: t["measured"])
-    else:
-        best = min(tries, key=lambda t: t["measured"])
+    best, inside = pick_landing(tries, window)
     if not inside:
         ctx.console.print(
             f"[yellow]landing:[/] no plan of {len(tries)} measured fell in "
@@ -424,17 +418,8 @@ def _one_step(
     final = goal.is_final(index)
     target = goal.target(index)
     tol = cfg.search.landing_tolerance
-    # The last step aims a little inside its window so that measurement noise stays in it.
-    aim = target * (1 - tol / 3) if final else target
-    # Intermediate steps need not be exact, but an undershoot there throws accuracy away
-    # for nothing: re-plan (grow back) below 3x the tolerance, above it when over by more.
-    # An intermediate landing never goes below the final window either: landing under
-    # (1 - tol) x goal would end the search "goal met" with budget left unused (seen: 0.892).
-    window = (
-        ((1 - tol) * target, target)
-        if final
-        else (max((1 - 3 * tol) * target, (1 - tol) * goal.value), (1 + tol) * target)
-    )
+    aim = step_aim(target, final, tol)
+    window = step_window(target, goal.value, final, tol)
     task = step_task(ctx, model, groups, importance, aim, index, final)
     prev_acc = st.accuracy
     log_rows, redos = st.log_rows, st.redos
