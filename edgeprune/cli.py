@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=None, help="paper-style channel sparsity")
     p.add_argument("--flops-ratio", type=float, default=None, help="keep this MACs fraction")
     p.add_argument(
-        "--searcher", default=None, help="rl (default) | knapsack | magnitude | uniform | rl-flops"
+        "--searcher",
+        default=None,
+        help="rl (default) | random | cluster-rl | knapsack | magnitude | uniform | rl-flops",
     )
     p.add_argument("--criterion", default=None, help="l1 | l2 | taylor | bn_scale | cluster")
     p.add_argument("--steps", type=int, default=None, help="latency steps to the budget")
