@@ -183,10 +183,33 @@ def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) 
         if choice.blocks:
             ctx.console.print("depth: channels alone do best by proxy; no block dropped")
         return st
-    r = reduce(ctx, choice.dropped)
+    dropped = choice.dropped
+    floor_ms = (1 - ctx.config.search.landing_tolerance) * goal.value
+    while True:  # ends: each pass keeps one block fewer, and no blocks is always a start
+        r = reduce(ctx, dropped)
+        measured = _measure_latency(ctx, r.model, st) if dropped else goal.start
+        if dropped:
+            ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
+        if measured >= floor_ms or not dropped:
+            break
+        # The blocks alone land under the final window, and channels cannot grow past
+        # their full width: keep the last block the choice would drop, and measure again.
+        ctx.console.print(
+            f"depth: {len(dropped)} blocks alone run {measured:.3f} ms, under the budget's "
+            f"window ({floor_ms:.3f} ms); keeping {dropped[-1]}"
+        )
+        dropped = dropped[:-1]
+    if dropped != choice.dropped:
+        st = st.replace(
+            depth={
+                **(st.depth or {}),
+                "dropped": list(dropped),
+                "kept_to_land": list(choice.dropped[len(dropped) :]),
+            }
+        )
+    if not dropped:
+        return st
     ctx.use_start(r.dropped, r.model, r.groups, r.cost)
-    measured = _measure_latency(ctx, r.model, st)
-    ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
     macs, params = count_macs_params(r.model, ctx.example)
     ctx.console.print(
         f"depth: dropped {len(r.dropped)} blocks ({', '.join(r.dropped)}): {measured:.3f} ms "
