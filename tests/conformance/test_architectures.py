@@ -27,6 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from conformance_run import run_one
 
 SIZES = {"yolov8": 64}
+needs_ultralytics = pytest.mark.skipif(
+    importlib.util.find_spec("ultralytics") is None,
+    reason="ultralytics not installed (AGPL-3.0, test-only: pip install ultralytics)",
+)
 
 
 def _check(row, tmp_path: Path) -> dict:  # type: ignore[no-untyped-def]
@@ -37,8 +41,8 @@ def _check(row, tmp_path: Path) -> dict:  # type: ignore[no-untyped-def]
     assert all(reason.strip() and "\n" not in reason for reason in row.frozen.values())
     assert row.speedup_measured is not None and row.speedup_measured > 0
     assert report["goal"]["budget_met"] in (True, False)
-    scale = max(1.0, float(row.fidelity or 1.0))
-    assert row.export_max_abs_diff is not None and row.export_max_abs_diff < 1e-3 * 64 * scale
+    # float32 rounding: ~1e-7 for classifiers, ~1e-3 for a detector's pixel-unit boxes
+    assert row.export_max_abs_diff is not None and row.export_max_abs_diff < 5e-3
     assert row.replay_max_abs_diff is not None and row.replay_max_abs_diff <= 1e-5
     return report
 
@@ -60,10 +64,7 @@ def test_architecture_compresses_end_to_end(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(
-    importlib.util.find_spec("ultralytics") is None,
-    reason="ultralytics not installed (AGPL-3.0, test-only: pip install ultralytics)",
-)
+@needs_ultralytics
 def test_ultralytics_yolov8n_compresses(tmp_path: Path) -> None:
     from ultralytics import YOLO
 
@@ -127,10 +128,7 @@ def test_grouped_convs_get_their_group_count_as_channel_step() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(
-    importlib.util.find_spec("ultralytics") is None,
-    reason="ultralytics not installed (AGPL-3.0, test-only: pip install ultralytics)",
-)
+@needs_ultralytics
 def test_readme_yolo_example_runs_as_written(tmp_path: Path) -> None:
     import os
     import re

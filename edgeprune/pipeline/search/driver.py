@@ -209,12 +209,17 @@ def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) 
         )
     if not dropped:
         return st
-    ctx.use_start(r.dropped, r.model, r.groups, r.cost)
-    macs, params = count_macs_params(r.model, ctx.example)
     ctx.console.print(
         f"depth: dropped {len(r.dropped)} blocks ({', '.join(r.dropped)}): {measured:.3f} ms "
         f"measured, {time.perf_counter() - t:.0f} s"
     )
+    return _start_from(ctx, st, r, measured)
+
+
+def _start_from(ctx: RunContext, st: SearchState, r: Any, measured: float) -> SearchState:
+    """The channel search starts from ``r`` (the base without its blocks), measured."""
+    ctx.use_start(r.dropped, r.model, r.groups, r.cost)
+    macs, params = count_macs_params(r.model, ctx.example)
     return st.replace(
         dropped_blocks=r.dropped,
         start_value=measured,
@@ -223,6 +228,7 @@ def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) 
         macs=macs,
         params=params,
         accuracy=ctx.proxy_accuracy(_copy(r.model)),
+        removed_base={},
         survivors={str(g.id): list(range(g.width)) for g in r.groups.prunable},
         calibration=tuple(ctx.cost.calibration.pairs),
     )
@@ -323,10 +329,8 @@ def _deepen(
     """Restart the channel search from the base without ``dropped`` (more blocks than
     before); the steps so far stay in the log, their KD epochs stay spent."""
     r = reduce(ctx, tuple(dropped))
-    ctx.use_start(r.dropped, r.model, r.groups, r.cost)
     measured = _measure_latency(ctx, r.model, st)
     ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
-    macs, params = count_macs_params(r.model, ctx.example)
     revisits = [*(st.depth or {}).get("revisits", []),
                 {"after_step": st.step, "from_blocks": len(st.dropped_blocks),
                  "to_blocks": len(dropped), "start_ms": measured}]  # fmt: skip
@@ -334,20 +338,10 @@ def _deepen(
         f"depth: channels cannot reach the goal from {len(st.dropped_blocks)} dropped blocks;"
         f" starting again with {len(dropped)} ({measured:.3f} ms measured)"
     )
-    st = st.replace(
+    st = _start_from(ctx, st, r, measured).replace(
         depth={**(st.depth or {}), "revisits": revisits, "dropped": list(dropped)},
-        dropped_blocks=r.dropped,
-        start_value=measured,
-        value=measured,
-        latency_ms=measured,
-        macs=macs,
-        params=params,
-        accuracy=ctx.proxy_accuracy(_copy(r.model)),
-        removed_base={},
-        survivors={str(g.id): list(range(g.width)) for g in r.groups.prunable},
         searcher=None,
         lut_samples=(),  # they describe plans of the old start
-        calibration=tuple(ctx.cost.calibration.pairs),
     )
     model = _copy(r.model).eval()
     ctx.run.save_checkpoint(st.to_dict(), model.state_dict())
