@@ -35,7 +35,8 @@ def run_profiles(args: argparse.Namespace) -> int:
             out.print(
                 f"# latency table on this host (last build, {check['model']}): median error "
                 f"{check['median_abs_pct']:.1f}%, worst {check['max_abs_pct']:.1f}% over "
-                f"{check['n']} held-out layer sizes"
+                f"{check['n']} held-out layer sizes",
+                soft_wrap=True,  # one comment line, whatever the terminal's width
             )
         return 0
     table = Table(title="Device profiles")

@@ -197,3 +197,24 @@ def test_set_depth_off_survives_yaml():
     raw = RunConfig().model_dump(mode="json")
     apply_override(raw, "search.depth=off")
     assert RunConfig.validate_dict(raw).search.depth == "off"
+
+
+def test_profiles_show_names_this_hosts_latency_table_error(tmp_path, monkeypatch, capsys):
+    """After a LUT build, `profiles show` adds the table's self-check as a YAML comment:
+    the output stays a profile a user can save and load."""
+    import yaml
+
+    from edgeprune.latency.lut import LatencyLUT
+    from edgeprune.models.testing import TinyConvNet
+    from edgeprune.profiles import load_profile
+
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path))
+    profile = load_profile("cpu-ort-1t")
+    assert main(["profiles", "show", "cpu-ort-1t"]) == 0
+    assert "latency table on this host" not in capsys.readouterr().out  # no build yet
+    LatencyLUT.build(TinyConvNet(width=16), profile, channel_multiple=8, max_points_per_axis=2,
+                     passes=1)  # fmt: skip
+    assert main(["profiles", "show", "cpu-ort-1t"]) == 0
+    shown = capsys.readouterr().out
+    assert "# latency table on this host (last build, TinyConvNet): median error" in shown
+    assert yaml.safe_load(shown)["name"] == "cpu-ort-1t"
