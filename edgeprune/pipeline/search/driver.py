@@ -189,7 +189,7 @@ def _depth_phase(ctx: RunContext, st: SearchState, goal: Goal, importance: Any) 
         r = reduce(ctx, dropped)
         measured = _measure_latency(ctx, r.model, st) if dropped else goal.start
         if dropped:
-            ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
+            r.cost.calibration.add(r.cost.raw(r.full()), measured)  # r.cost: its groups
         if measured >= floor_ms or not dropped:
             break
         # The blocks alone land under the final window, and channels cannot grow past
@@ -330,7 +330,7 @@ def _deepen(
     before); the steps so far stay in the log, their KD epochs stay spent."""
     r = reduce(ctx, tuple(dropped))
     measured = _measure_latency(ctx, r.model, st)
-    ctx.cost.calibration.add(ctx.cost.raw(r.full()), measured)
+    r.cost.calibration.add(r.cost.raw(r.full()), measured)  # r.cost: its groups
     revisits = [*(st.depth or {}).get("revisits", []),
                 {"after_step": st.step, "from_blocks": len(st.dropped_blocks),
                  "to_blocks": len(dropped), "start_ms": measured}]  # fmt: skip
@@ -431,10 +431,11 @@ def _one_step(
     groups = build_groups(model, ctx.example, ignored_layers=cfg.search.ignored_layers)
     _check_same_groups(ctx.start_groups, groups)
     step = st.step + 1
-    index = goal.first_open(st.step, st.value)
+    tol = cfg.search.landing_tolerance
+    # An intermediate step whose window the model is already in would remove nothing.
+    index = goal.first_open(st.step, st.value, slack=tol)
     final = goal.is_final(index)
     target = goal.target(index)
-    tol = cfg.search.landing_tolerance
     aim = step_aim(target, final, tol)
     window = step_window(target, goal.value, final, tol)
     task = step_task(ctx, model, groups, importance, aim, index, final)

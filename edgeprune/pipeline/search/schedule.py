@@ -48,11 +48,13 @@ class Goal:
     def is_final(self, step: int) -> bool:
         return step - self.offset + 1 >= self.steps
 
-    def first_open(self, step: int, value: float) -> int:
+    def first_open(self, step: int, value: float, slack: float = 0.0) -> int:
         """The first step from ``step`` whose target lies below ``value`` (the final step at
         the latest). A step the model already meets (depth pruning or an earlier step landed
-        below it) is skipped: planning onto it would remove nothing, which ends a search."""
-        while not self.is_final(step) and self.target(step) >= value:
+        below it), or lands in with ``slack`` (an intermediate step's window reaches
+        ``(1 + slack) x`` its target), is skipped: planning onto it would remove nothing,
+        which ends a search."""
+        while not self.is_final(step) and self.target(step) * (1 + slack) >= value:
             step += 1
         return step
 
