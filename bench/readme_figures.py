@@ -75,7 +75,39 @@ def seed_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def versus(res: dict, method: str = "edgeprune") -> str:
+    """``method`` against every other method per budget: the margin, the larger of the two
+    seed spreads, and whether the margin is beyond it (a win or a loss) or not (a tie)."""
+    rows = res["rows"]
+    fractions = sorted({r["budget_fraction"] for r in rows}, reverse=True)
+    summary = {(s["budget_fraction"], s["method"]): s for s in seed_summary(rows, fractions)}
+    lines = []
+    for f in fractions:
+        me = summary.get((f, method))
+        if me is None or me["mean_top1"] is None:
+            continue
+        parts = []
+        for (g, other), s in summary.items():
+            if g != f or other == method or s["mean_top1"] is None:
+                continue
+            margin = 100 * (me["mean_top1"] - s["mean_top1"])
+            spreads = [x["std_top1"] for x in (me, s) if x["std_top1"] is not None]
+            if len(spreads) < 2:
+                parts.append(f"{other} {margin:+.2f} pp (one seed)")
+                continue
+            spread = 100 * max(spreads)
+            call = "tie" if abs(margin) <= spread else ("win" if margin > 0 else "loss")
+            parts.append(f"{other} {margin:+.2f} pp (spread {spread:.2f}: {call})")
+        lines.append(f"- {100 * f:g}%: {method} vs " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def ablation(res: dict) -> str:
+    return seed_table(res) + "\n\n" + versus(res)
+
+
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "policy-ablation": ("ablation_policy/cifar10_resnet20.json", ablation),
     "conformance": ("conformance.json", headline),
     "peer-grid": ("cifar10_resnet20.json", seed_table),
     "peer-b25-fix": ("fix_b25/cifar10_resnet20.json", seed_table),
