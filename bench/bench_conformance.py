@@ -107,9 +107,12 @@ def headline(res: Mapping[str, Any]) -> str:
         for r in ok
         if any("Torch-Pruning" in why or "unsafe" in why for why in r["frozen"].values())
     ]
+    met = sum(1 for r in ok if r["budget_met"])
     text = (
         f"{len(ok)} of {len(rows)} architectures in `bench/results/conformance.md` compress "
-        f"end to end at 1.5x on `cpu-ort-1t` ({', '.join(r['name'] for r in ok)})"
+        f"end to end at 1.5x on `cpu-ort-1t` ({', '.join(r['name'] for r in ok)}), {met} "
+        f"meeting the budget in the final measurement (code of commit "
+        f"{res['environment'].get('git_commit')})"
     )
     text += f"; refused: {', '.join(refused)}." if refused else "; none is refused."
     if partial:
