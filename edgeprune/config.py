@@ -117,6 +117,12 @@ class SearchConfig(_Section):
         "a latency step is far larger than the reference's 1%-of-channels steps, so a big "
         "drop before KD is expected, and a redo re-scores the same seed plans",
     )
+    values: Literal["sensitivity", "criterion"] = Field(
+        "sensitivity",
+        description="what a group's channels are worth to the knapsack and to every "
+        "projection: 'sensitivity' measures each group's proxy drop per step (one proxy "
+        "evaluation per group), 'criterion' sums the criterion's scores",
+    )
     criterion: Literal["l1", "l2", "taylor", "bn_scale", "random", "cluster"] = Field(
         "l1", description="importance of channels inside a group; every searcher ranks by it"
     )

@@ -526,6 +526,7 @@ def _one_step(
         macs=macs,
         params=params,
         widths={str(g): k for g, k in keep.items()},
+        sensitivity=None if task.sensitivity is None else task.sensitivity.summary(),
     )
     lut_samples = st.lut_samples
     if goal.kind == "latency":

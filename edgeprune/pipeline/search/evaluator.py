@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from edgeprune.pipeline.pruning.groups import GroupSet, count_macs_params
 from edgeprune.pipeline.pruning.plan import PruningPlan, limited_grid
 from edgeprune.pipeline.pruning.prune import prune
 from edgeprune.pipeline.run_context import RunContext
+from edgeprune.pipeline.search import sensitivity
 from edgeprune.pipeline.search.base import Candidate, Outcome
 from edgeprune.pipeline.search.cost import CostModel
 from edgeprune.pipeline.search.reward import Metrics
@@ -90,7 +92,7 @@ def step_task(
         g.id: np.asarray(importance(g, model, g.width), dtype=np.float64) for g in groups.prunable
     }
     scale = float(np.mean([v.mean() for v in raw.values()])) or 1.0
-    return StepTask(
+    task = StepTask(
         widths,
         grids,
         {g: normalize_scores(v) for g, v in raw.items()},
@@ -99,4 +101,10 @@ def step_task(
         index=index,
         final=final,
         raw_scores={g: v / scale for g, v in raw.items()},
+    )
+    if ctx.config.search.values != "sensitivity" or not task.widths:
+        return task
+    sens = sensitivity.measure(ctx, model, groups, importance, task)
+    return dataclasses.replace(
+        task, tables=sensitivity.value_tables(task, sens), sensitivity=sens, _values={}
     )

@@ -39,6 +39,8 @@ class StepRecord:
         macs: MACs of the applied plan.
         params: Parameters of the applied plan.
         widths: Group id (str) -> channels kept.
+        sensitivity: The step's measured group sensitivities (``search.values``
+            'sensitivity'): operating fraction, proxy drop and loss-curve scale per group.
     """
 
     step: int
@@ -58,6 +60,7 @@ class StepRecord:
     macs: int
     params: int
     widths: Mapping[str, int]
+    sensitivity: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

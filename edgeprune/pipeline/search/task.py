@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,9 @@ class StepTask:
         target: The cost the step must reach (``cost.predict(plan) <= target``).
         index: Step number (0-based count of accepted steps).
         final: True for the step that targets the goal itself.
+        tables: Per group, the value of keeping ``k`` channels (index ``k``), calibrated
+            against the proxy's measured accuracy (:mod:`.sensitivity`). When set, they
+            are every searcher's value (``scores`` still rank channels inside a group).
     """
 
     widths: Mapping[int, int]
@@ -40,10 +44,15 @@ class StepTask:
     index: int = 0
     final: bool = False
     raw_scores: Mapping[int, np.ndarray] | None = None
+    tables: Mapping[int, np.ndarray] | None = None
+    sensitivity: Any = field(default=None, repr=False, compare=False)  # what set ``tables``
     _values: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def value(self, group: int, width: int) -> float:
         """Importance retained when ``group`` keeps its ``width`` best channels."""
+        if self.tables is not None:
+            table = self.tables[group]
+            return float(table[min(width, len(table) - 1)])
         cum = self._values.get(group)
         if cum is None:
             s = np.sort(np.asarray(self.scores[group], dtype=np.float64))[::-1]
@@ -55,8 +64,9 @@ class StepTask:
         return sum(self.value(g, keep[g]) for g in self.widths)
 
     def with_raw_scores(self) -> StepTask:
-        """The same step valued by :attr:`raw_scores` (itself when there are none)."""
-        if self.raw_scores is None:
+        """The same step valued by :attr:`raw_scores` (itself when there are none, or when
+        calibrated :attr:`tables` value it)."""
+        if self.raw_scores is None or self.tables is not None:
             return self
         return StepTask(
             self.widths, self.grids, self.raw_scores, self.cost, self.target, self.index,
