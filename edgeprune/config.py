@@ -149,6 +149,13 @@ class SearchConfig(_Section):
     )
     val_subset: int = Field(1000, ge=50, description="validation images for the proxy")
     bn_batches: int = Field(4, ge=0, description="training batches for BN re-estimation")
+    rescore_top: int = Field(
+        3,
+        ge=0,
+        description="a step's best candidates (by the proxy) re-scored on a disjoint "
+        "validation draw of the same size before one is kept, by the mean of both scores "
+        "(0: off; needs validation images beyond search.val_subset)",
+    )
     depth: Literal["auto", "off"] = Field(
         "auto",
         description="depth pruning for latency goals: 'auto' weighs dropping residual blocks "

@@ -26,6 +26,9 @@ from edgeprune.errors import SearchError
 
 __all__ = ["CallbackTask", "ClassifierTask", "Task", "calibration_batches"]
 
+#: Fewest validation images left beside the proxy's for a re-score draw.
+MIN_RESCORE = 200
+
 
 class Task:
     """The interface the search uses; see :class:`ClassifierTask` and :class:`CallbackTask`.
@@ -52,6 +55,20 @@ class Task:
     def score_se(self, value: float) -> float:
         """One standard error of :meth:`score` near ``value`` (0 when unknown)."""
         return 0.0
+
+    def rescore(self, model: nn.Module) -> float | None:
+        """The proxy's metric on a validation draw disjoint from :meth:`score`'s (BN
+        re-estimated); None when the task has no such draw. The search re-scores its few
+        best candidates with it, so the one it keeps did not win by the proxy's noise."""
+        return None
+
+    def rescore_size(self) -> int:
+        """Images in :meth:`rescore`'s draw (0: none)."""
+        return 0
+
+    def score_size(self) -> int:
+        """Images in :meth:`score`'s draw (0: unknown)."""
+        return 0
 
     def recover(
         self,
@@ -110,6 +127,8 @@ class ClassifierTask(Task):
     taylor_labels: list[torch.Tensor]
     val_x: torch.Tensor
     val_y: torch.Tensor
+    rescore_x: torch.Tensor | None = None
+    rescore_y: torch.Tensor | None = None
     metric: str = "top-1"
     percent: bool = True
     _decoded: DataSplits | None = field(default=None, init=False, repr=False)
@@ -128,6 +147,15 @@ class ClassifierTask(Task):
             )
         )  # fmt: skip
         val_idx = stratified_draw(data.val_y, search.val_subset, seed + 2)
+        # The re-score draw: validation images the proxy does not use, as many as it uses
+        # (none when fewer than MIN_RESCORE, or than the proxy's, are left).
+        rest = torch.ones(data.val_y.numel(), dtype=torch.bool)
+        rest[val_idx] = False
+        rest_idx = torch.nonzero(rest).flatten()
+        re_idx = rest_idx[stratified_draw(data.val_y[rest_idx], search.val_subset, seed + 3)]
+        use_rescore = search.rescore_top > 0 and re_idx.numel() >= min(
+            MIN_RESCORE, search.val_subset
+        )
         return cls(
             data=data,
             finetune=config.finetune,
@@ -136,6 +164,8 @@ class ClassifierTask(Task):
             taylor_labels=[y for _, y in taylor],
             val_x=data.take("val", val_idx),
             val_y=data.val_y[val_idx],
+            rescore_x=data.take("val", re_idx) if use_rescore else None,
+            rescore_y=data.val_y[re_idx] if use_rescore else None,
         )
 
     def score(self, model: nn.Module) -> float:
@@ -148,6 +178,20 @@ class ClassifierTask(Task):
         """Binomial standard error over the proxy's validation subset."""
         n = max(int(self.val_y.shape[0]), 1)
         return math.sqrt(max(value * (1 - value), 1e-12) / n)
+
+    def rescore(self, model: nn.Module) -> float | None:
+        from edgeprune.pipeline.train import evaluate
+
+        if self.rescore_x is None or self.rescore_y is None:
+            return None
+        self.reestimate_bn(model)
+        return evaluate(model, self.rescore_x, self.rescore_y, self.data.mean, self.data.std)
+
+    def rescore_size(self) -> int:
+        return 0 if self.rescore_y is None else int(self.rescore_y.shape[0])
+
+    def score_size(self) -> int:
+        return int(self.val_y.shape[0])
 
     def recover(
         self,

@@ -61,16 +61,24 @@ class StepRecord:
     params: int
     widths: Mapping[str, int]
     sensitivity: Mapping[str, Any] | None = None
+    rescored: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["landing_tries"] = [dict(t) for t in self.landing_tries]
         d["widths"] = dict(self.widths)
+        d["rescored"] = [dict(r) for r in self.rescored]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StepRecord:
-        return cls(**{**_known(cls, d), "landing_tries": tuple(d["landing_tries"])})
+        return cls(
+            **{
+                **_known(cls, d),
+                "landing_tries": tuple(d["landing_tries"]),
+                "rescored": tuple(d.get("rescored", ())),
+            }
+        )
 
 
 @dataclass(frozen=True)
