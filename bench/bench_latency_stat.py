@@ -67,11 +67,33 @@ while True:
 """
 
 
-def models(workdir: Path, profile: Any) -> dict[str, Path]:
-    """resnet20 and copies with half and a quarter of the channels of every prunable group
-    (the quarter one has 4-16-channel layers: such narrow models ran bimodal on the AMD
-    EPYC dev host, ~0.23 or ~0.30 ms by the minute), as ONNX."""
-    base = create_model("resnet20", 10).eval()
+#: Model sizes: zoo model, profile, input side (None: the profile's). ``small`` ran 0.2-0.7
+#: ms on the AMD EPYC dev host, ``medium`` 9-17 ms (the ResNet-18 at 96 px whose verdict
+#: once flipped), ``large`` tens of ms: the bigger the working set, the more a neighbour's
+#: memory traffic moves every iteration.
+SIZES: dict[str, tuple[str, str, int | None]] = {
+    "small": ("resnet20", "cpu-ort-1t", None),
+    "medium": ("resnet18", "cpu-ort-1t-224", 96),
+    "large": ("resnet18", "cpu-ort-1t-224", None),
+}
+
+
+def size_profile(size: str, profile_name: str | None = None) -> Any:
+    """The profile a size is measured with (its input side set)."""
+    _, name, side = SIZES[size]
+    profile = load_profile(profile_name or name)
+    if side is not None:
+        profile = profile.model_copy(
+            update={"name": f"{profile.name}@{side}", "input_shape": [3, side, side]}
+        )
+    return profile
+
+
+def models(workdir: Path, profile: Any, model: str = "resnet20") -> dict[str, Path]:
+    """``model`` and copies with half and a quarter of the channels of every prunable group
+    (resnet20's quarter copy has 4-16-channel layers: such narrow models ran bimodal on the
+    AMD EPYC dev host, ~0.23 or ~0.30 ms by the minute), as ONNX."""
+    base = create_model(model, 10).eval()
     x = torch.zeros(1, *profile.input_shape)
     groups = build_groups(base, x)
     out = {"baseline": workdir / "baseline.onnx"}
@@ -234,13 +256,37 @@ def benchmark_check(
     }
 
 
+def _baseline_ms(conds: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The baseline's p50 over the idle runs and its range over every run (ms)."""
+    runs = [r for c in conds for r in c.get("runs", ())]
+    if not runs:
+        return None
+    p50 = [statistic_ms(r["blocks"]["baseline"], "p50") for r in runs]
+    idle = [
+        statistic_ms(r["blocks"]["baseline"], "p50")
+        for c in conds
+        if not c["loaded"]
+        for r in c.get("runs", ())
+    ]
+    return {"idle_p50": statistics.median(idle or p50), "min_p50": min(p50), "max_p50": max(p50)}
+
+
+def _ms_note(b: dict[str, float] | None) -> str:
+    if not b:
+        return ""
+    span = f"{b['min_p50']:.3g}-{b['max_p50']:.3g}"
+    return f" (baseline p50 {b['idle_p50']:.3g} ms idle, {span} ms over all runs)"
+
+
 def render(res: dict[str, Any]) -> str:
     env = res["environment"]
     names = [c["name"] for c in res["conditions"]]
     lines = [
         f"# Decision statistic on {env['cpu_model']} ({env['logical_cores']} logical cores)",
         "",
-        f"`{res['profile']}`, resnet20 vs half- and quarter-width copies, {res['runs']} "
+        f"`{res['profile']}`, {res.get('model', 'resnet20')} at "
+        f"{'x'.join(str(v) for v in res.get('input_shape', [3, 32, 32])[1:])} px"
+        f"{_ms_note(res.get('baseline_ms'))} vs half- and quarter-width copies, {res['runs']} "
         f"back-to-back interleaved runs per condition ({res['blocks']} blocks each), repeated "
         f"{res['repeats']} times (conditions: {', '.join(names)}). Spread = max/min over "
         "the runs of one condition; the worst condition and model are shown. Created "
@@ -294,7 +340,8 @@ def render(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", default="cpu-ort-1t")
+    p.add_argument("--size", choices=sorted(SIZES), default="small", help="model size")
+    p.add_argument("--profile", default=None, help="profile (default: the size's)")
     p.add_argument("--runs", type=int, default=5, help="back-to-back runs per condition")
     p.add_argument("--repeats", type=int, default=2, help="times each condition is repeated")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -306,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "redo only the benchmark check",
     )
     args = p.parse_args(argv)
-    profile = load_profile(args.profile)
+    profile = size_profile(args.size, args.profile)
+    model = SIZES[args.size][0]
     torch.set_num_threads(1)
     conds = []
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -319,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         n_repeats = args.repeats
     with tempfile.TemporaryDirectory() as tmp:
-        paths = models(Path(tmp), profile)  # measured here, and by the checks below
+        paths = models(Path(tmp), profile, model)  # measured here, and by the checks below
         if conds:
             args.repeats = 0  # measured before: analysis only
         for rep in range(args.repeats):
@@ -345,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": host_info(),
         "profile": profile.name,
+        "size": args.size,
+        "model": model,
+        "input_shape": list(profile.input_shape),
+        "baseline_ms": _baseline_ms(conds),
         "measured": measured_at,
         "runs": args.runs,
         "repeats": n_repeats,
@@ -354,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark_checks": checks,
     }
     stem = "latency_stat_" + re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
+    stem += "" if args.size == "small" else f"_{args.size}"
     # The raw blocks (several MB) go to a gzip beside the results; --reanalyse reads it.
     atomic_write_bytes(
         args.out / f"{stem}.raw.json.gz",

@@ -14,11 +14,13 @@ budget instead of the candidate's own absolute p50.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,12 +124,16 @@ class BaselineComparison:
         baseline: All baseline times (blocks merged).
         ratio: Median over blocks of candidate median / baseline median.
         block_ratios: One ratio per block, in order.
+        contention: What disturbed the measurement: ``retaken`` (disturbed block pairs
+            measured again), ``disturbed_kept`` (disturbed pairs kept once the retakes ran
+            out), ``load_1m`` per kept block.
     """
 
     candidate: LatencyStats
     baseline: LatencyStats
     ratio: float
     block_ratios: tuple[float, ...]
+    contention: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
         # Unpacks as (candidate, baseline, ratio), the form the search uses.
@@ -319,6 +325,37 @@ class LatencyOracle:
             stats.times_ms, {**stats.settings, **notes}, stats.metric, stats.block_sizes
         )
 
+    def _blocks(
+        self,
+        cand: Prepared,
+        base: Prepared,
+        per_block: Any,
+        n_blocks: int,
+        cand_runs: list[LatencyStats],
+        base_runs: list[LatencyStats],
+    ) -> dict[str, Any]:
+        """Time ``n_blocks`` interleaved pairs into the lists; a pair where either model's
+        block is disturbed (:func:`dispersion` over ``disturbed_dispersion``: a neighbour
+        took the core for part of it) is measured again, at most ``max_retakes`` times.
+        Returns what was seen: retakes, disturbed pairs kept, the load average per block."""
+        s = self.settings
+        limit = n_blocks if s.max_retakes is None else s.max_retakes
+        retaken = kept_disturbed = 0
+        loads: list[float | None] = []
+        while len(cand_runs) < n_blocks:
+            c = self.target.measure(cand, None, per_block)
+            b = self.target.measure(base, None, per_block)
+            worst = max(dispersion(c.times_ms), dispersion(b.times_ms))
+            if worst > s.disturbed_dispersion:
+                if retaken < limit:
+                    retaken += 1
+                    continue
+                kept_disturbed += 1
+            cand_runs.append(c)
+            base_runs.append(b)
+            loads.append(load_avg_1m())
+        return {"retaken": retaken, "disturbed_kept": kept_disturbed, "load_1m": loads}
+
     def measure_vs_baseline(
         self,
         model: nn.Module | Path | str,
@@ -363,6 +400,7 @@ class LatencyOracle:
                 LatencyStats.from_dict(row["baseline"]),
                 float(row["ratio"]),
                 tuple(row["block_ratios"]),
+                dict(row.get("contention") or {}),
             )
         self.misses += 1
         cand_path = self.onnx_for(model, cand_sig)
@@ -378,17 +416,18 @@ class LatencyOracle:
         ):
             for prepared in (cand, base):
                 self.target.measure(prepared, None, warmup_settings(self.settings))
-            for _ in range(n_blocks):
-                cand_runs.append(self.target.measure(cand, None, per_block))
-                base_runs.append(self.target.measure(base, None, per_block))
+            contention = self._blocks(cand, base, per_block, n_blocks, cand_runs, base_runs)
         notes = {**pin, "load_1m_before": load, "load_1m_after": load_avg_1m()}
         result = compare_blocks(cand_runs, base_runs, stat, notes)
+        result = dataclasses.replace(result, contention=contention)
         if cached is not None:  # a confirmation: both measurements count
+            before = cached.get("contention") or {}
             result = BaselineComparison(
                 result.candidate,
                 result.baseline,
                 float((float(cached["ratio"]) * result.ratio) ** 0.5),
                 (*cached["block_ratios"], *result.block_ratios),
+                merge_contention(before, result.contention),
             )
         self._store(
             key,
@@ -398,11 +437,29 @@ class LatencyOracle:
                 "baseline_signature": base_sig,
                 "ratio": result.ratio,
                 "block_ratios": list(result.block_ratios),
+                "contention": result.contention,
                 "candidate": result.candidate.to_dict(),
                 "baseline": result.baseline.to_dict(),
             },
         )
         return result
+
+
+def dispersion(times_ms: Sequence[float]) -> float:
+    """A block's median over its fastest iteration (1.0: every iteration alike)."""
+    t = sorted(times_ms)
+    if not t or t[0] <= 0:
+        return 1.0
+    return float(statistics.median(t) / t[0])
+
+
+def merge_contention(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two comparisons' contention records as one (a confirmation keeps both)."""
+    return {
+        "retaken": int(a.get("retaken", 0)) + int(b.get("retaken", 0)),
+        "disturbed_kept": int(a.get("disturbed_kept", 0)) + int(b.get("disturbed_kept", 0)),
+        "load_1m": [*a.get("load_1m", ()), *b.get("load_1m", ())],
+    }
 
 
 def compare_blocks(

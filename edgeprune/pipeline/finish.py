@@ -131,6 +131,8 @@ def _settle(
         "certain": not lo <= needed < hi,
         "blocks": len(cmp.block_ratios),
         "rounds": rounds,
+        "retaken_blocks": int(cmp.contention.get("retaken", 0)),
+        "disturbed_blocks_kept": int(cmp.contention.get("disturbed_kept", 0)),
     }
 
 
@@ -148,6 +150,13 @@ def _apply_verdict(report: dict[str, Any], verdict: dict[str, Any], st: SearchSt
             f"{verdict['interval'][1]:.3f} over {verdict['blocks']} blocks) stays within "
             f"noise of the budget's {verdict['needed_ratio']:.3f}: the verdict "
             f"'{'met' if verdict['met'] else 'NOT met'}' is a close call on this host"
+        )
+    if verdict.get("disturbed_blocks_kept"):
+        report["warnings"].append(
+            f"{verdict['disturbed_blocks_kept']} of the final check's {verdict['blocks']} "
+            f"blocks were disturbed by another process even after {verdict['retaken_blocks']} "
+            "retakes: the host was busy throughout; re-measure on a quieter host for figures "
+            "to quote (`edgeprune benchmark`)"
         )
     if in_run != verdict["met"]:
         report["warnings"].append(

@@ -49,6 +49,21 @@ class MeasurementSettings(_Strict):
         "agree within this fraction.",
     )
     settle_max_blocks: int = Field(12, ge=0, description="Most warm-up blocks spent settling.")
+    disturbed_dispersion: float = Field(
+        1.3,
+        ge=1,
+        description="An interleaved block is disturbed when either model's median over its "
+        "fastest iteration in that block exceeds this (a neighbour took the core for part of "
+        "it): such a pair is retaken. On the 2-core dev host 1.3 flagged 0-8% of the block pairs "
+        "pinned and 6-20% unpinned, idle or beside a training job "
+        "(bench/bench_latency_stat.py).",
+    )
+    max_retakes: int | None = Field(
+        None,
+        ge=0,
+        description="Most disturbed block pairs retaken per comparison (None: as many as "
+        "the comparison has blocks); past it, disturbed blocks are kept and counted.",
+    )
     cov_warning: float = Field(
         0.15, gt=0, description="Warn when a measurement's coefficient of variation exceeds it."
     )

@@ -40,6 +40,13 @@ def _scale(r: dict[str, Any]) -> tuple[float, float, str]:
     )
 
 
+def _retakes(v: dict[str, Any]) -> str:
+    retaken, kept = v.get("retaken_blocks", 0), v.get("disturbed_blocks_kept", 0)
+    if not retaken and not kept:
+        return ", none disturbed"
+    return f", {retaken} disturbed block pairs retaken, {kept} kept"
+
+
 def _goal_text(r: dict[str, Any]) -> str:
     goal, prof = r["goal"], r["profile"]["name"]
     base_ms, final_ms, basis = _scale(r)
@@ -56,6 +63,15 @@ def _goal_text(r: dict[str, Any]) -> str:
         head = (
             f"Goal: {', '.join(which) or 'see configuration'}; final latency "
             f"{fmt.ms(final_ms)} ms ({basis})."
+        )
+    v = goal.get("verdict")
+    if v:
+        head += (
+            f" Verdict: ratio {v['ratio']:.3f} (90% interval {v['interval'][0]:.3f}-"
+            f"{v['interval'][1]:.3f} over {v['blocks']} interleaved blocks"
+            f"{_retakes(v)}) against the budget's {v['needed_ratio']:.3f}; "
+            f"{'certain' if v['certain'] else 'a close call'}, the search's own landing "
+            f"{'agrees' if v.get('in_run_met') == v['met'] else 'disagrees'}."
         )
     sp = r["speedup"]
     text = (

@@ -124,3 +124,31 @@ def test_a_confirmation_combines_both_measurements_and_is_what_the_cache_keeps(
     assert len(again.block_ratios) == 4 and again.block_ratios[:2] == first.block_ratios
     resumed = LatencyOracle(profile, cache, workdir=tmp_path, export_fn=export_onnx)
     assert resumed.measure_vs_baseline(small, big, blocks=2).ratio == again.ratio
+
+
+def test_disturbed_block_pairs_are_retaken_within_a_bound_and_counted(
+    profile, tmp_path: Path
+) -> None:
+    """Real ONNX Runtime blocks: at dispersion 1.0 every pair counts as disturbed (a block's
+    median is never below its fastest iteration), so exactly ``max_retakes`` pairs are
+    retaken and the rest are kept and counted; at a bar no block reaches, none is."""
+    from edgeprune.latency.oracle import dispersion
+
+    assert dispersion([1.0, 1.0, 1.0]) == 1.0 and dispersion([1.0, 2.0, 3.0]) == 2.0
+    big, small = _tiny(64, seed=4), _tiny(4, seed=4)
+
+    def oracle_with(**settings: float) -> LatencyOracle:
+        m = profile.measurement.model_copy(update=settings)
+        prof = profile.model_copy(update={"measurement": m})
+        return LatencyOracle(prof, tmp_path / f"{settings}.jsonl", workdir=tmp_path / "w",
+                             export_fn=export_onnx)  # fmt: skip
+
+    strict = oracle_with(disturbed_dispersion=1.0, max_retakes=2)
+    got = strict.measure_vs_baseline(small, big, blocks=3)
+    assert got.contention["retaken"] == 2 and got.contention["disturbed_kept"] == 3
+    assert len(got.block_ratios) == 3 and len(got.contention["load_1m"]) == 3
+    again = strict.measure_vs_baseline(small, big, blocks=3, fresh=True)
+    assert again.contention["retaken"] == 4 and again.contention["disturbed_kept"] == 6
+    assert strict.measure_vs_baseline(small, big, blocks=3).contention == again.contention
+    calm = oracle_with(disturbed_dispersion=1e6).measure_vs_baseline(small, big, blocks=3)
+    assert calm.contention["retaken"] == 0 and calm.contention["disturbed_kept"] == 0

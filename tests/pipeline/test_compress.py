@@ -138,6 +138,9 @@ def test_depth_pruning_drops_blocks_where_channels_alone_cannot_reach(tmp_path):
     assert v["interval"][0] <= v["ratio"] <= v["interval"][1] and v["blocks"] >= 7
     assert report["goal"]["budget_met"] == v["met"] == (v["ratio"] <= v["needed_ratio"])
     assert v["certain"] == (not v["interval"][0] <= v["needed_ratio"] < v["interval"][1])
+    # contention is seen: disturbed block pairs retaken (bounded), the rest counted
+    assert 0 <= v["retaken_blocks"] <= v["blocks"] and v["disturbed_blocks_kept"] >= 0
+    assert f"over {v['blocks']} interleaved blocks" in (tmp_path / "run" / "report.md").read_text()
     depth = report["depth"]
     unreachable = [o for o in depth["options"] if not o["reachable"]]
     assert unreachable and unreachable[0]["blocks"] == 0  # channels alone: over the budget
