@@ -97,14 +97,17 @@ def _locate(axis: tuple[int, ...], c: int, multiple: int) -> tuple[int, int, flo
     return i, i + 1, (c - axis[i]) / (axis[i + 1] - axis[i])
 
 
-# Channel counts divisible by this run the runtime's blocked kernels (the staircase); other
-# counts take a slower path whose cost grows with the channels instead (ORT on AMD EPYC,
-# 3x3 conv at 16x16, C in = out: 45 channels 69 us, 48 channels 51 us, 33 channels 44 us).
+# Channel counts divisible by the alignment run the runtime's blocked kernels (the
+# staircase); other counts take a slower path whose cost grows with the channels instead
+# (ORT on AMD EPYC, 3x3 conv at 16x16, C in = out: 45 channels 69 us, 48 channels 51 us,
+# 33 channels 44 us). Each build reads the alignment off this host's discovery curve
+# (lut_measure.infer_align); this one, measured there, stands in only where no curve shows a
+# staircase to read it from (a profile that fixes channel_multiple: 1).
 ALIGN = 4
 
 
-def _aligned(c: int, axis: tuple[int, ...]) -> bool:
-    return c in axis or c % ALIGN == 0
+def _aligned(c: int, axis: tuple[int, ...], align: int = ALIGN) -> bool:
+    return c in axis or c % align == 0
 
 
 @dataclass(frozen=True)
@@ -113,9 +116,9 @@ class LayerTable:
 
     Depthwise configurations have one channel axis (``axis_out`` equals ``axis_in`` and only
     the diagonal is used). ``slow``: coefficients of ``a + b*cin*cout + c*cin + d*cout``
-    fitted on points with channel counts off the :data:`ALIGN` grid (the slow path), used
-    when a count is neither measured nor a multiple of ``ALIGN``; None in tables built
-    before it was measured.
+    fitted on points with channel counts off the ``align`` grid (the slow path), used when a
+    count is neither measured nor a multiple of ``align``; None in tables built before it
+    was measured. ``align``: the host's fast-path alignment the table was built with.
     """
 
     config: LayerConfig
@@ -123,12 +126,13 @@ class LayerTable:
     axis_out: tuple[int, ...]
     grid_us: tuple[tuple[float, ...], ...]
     slow: tuple[float, ...] | None = None
+    align: int = ALIGN
 
     def predict_us(self, c_in: int, c_out: int, multiple: int) -> float:
         """Bilinear interpolation at the channel counts rounded up to ``multiple``; the slow
         path's fit for counts off the aligned grid."""
         if self.slow is not None and not (
-            _aligned(c_in, self.axis_in) and _aligned(c_out, self.axis_out)
+            _aligned(c_in, self.axis_in, self.align) and _aligned(c_out, self.axis_out, self.align)
         ):
             a, b, c, d = self.slow
             return max(0.0, a + b * c_in * c_out + c * c_in + d * c_out)
@@ -149,6 +153,7 @@ class LayerTable:
             "axis_out": list(self.axis_out),
             "grid_us": [list(r) for r in self.grid_us],
             "slow": None if self.slow is None else list(self.slow),
+            "align": self.align,
         }
 
     @classmethod
@@ -159,6 +164,7 @@ class LayerTable:
             tuple(d["axis_out"]),
             tuple(tuple(float(v) for v in r) for r in d["grid_us"]),
             None if d.get("slow") is None else tuple(float(v) for v in d["slow"]),
+            int(d.get("align", ALIGN)),
         )
 
 
@@ -170,25 +176,25 @@ def _grid_points(
     return [(ci, co) for ci in axis_in for co in axis_out]
 
 
-def slow_counts(axis: tuple[int, ...], step: int) -> tuple[int, ...]:
+def slow_counts(axis: tuple[int, ...], step: int, align: int = ALIGN) -> tuple[int, ...]:
     """Up to three counts off the aligned grid spread over ``axis`` (a third, two thirds,
     the top less one), or none when the axis is one fixed width (an image's 3 channels) or
     when no valid count is off it: a grouped conv whose channel step (its group count) is a
-    multiple of :data:`ALIGN` only ever has aligned widths, so it has no slow path to time.
+    multiple of ``align`` only ever has aligned widths, so it has no slow path to time.
 
     Candidates are multiples of ``step`` (the only widths pruning can produce); each search
-    walks at most ``len(axis) + ALIGN`` multiples up, since among any ``ALIGN`` consecutive
-    multiples of a step that is not itself a multiple of ``ALIGN`` one is off the grid.
+    walks at most ``len(axis) + align`` multiples up, since among any ``align`` consecutive
+    multiples of a step that is not itself a multiple of ``align`` one is off the grid.
     """
     top = axis[-1]
-    if len(axis) == 1 or top < 2 * ALIGN or step % ALIGN == 0:
+    if len(axis) == 1 or align <= 1 or top < 2 * align or step % align == 0:
         return ()
     out = set()
     for start in (top // 3, 2 * top // 3, top - 1):
-        first = -(-max(start, ALIGN + 1) // step) * step  # round up to a multiple of step
-        for k in range(len(axis) + ALIGN):
+        first = -(-max(start, align + 1) // step) * step  # round up to a multiple of step
+        for k in range(len(axis) + align):
             c = first + k * step
-            if c % ALIGN and c not in axis:
+            if c % align and c not in axis:
                 if c < top:
                     out.add(c)
                 break
@@ -196,11 +202,11 @@ def slow_counts(axis: tuple[int, ...], step: int) -> tuple[int, ...]:
 
 
 def _slow_points(
-    cfg: LayerConfig, axis_in: tuple[int, ...], axis_out: tuple[int, ...]
+    cfg: LayerConfig, axis_in: tuple[int, ...], axis_out: tuple[int, ...], align: int = ALIGN
 ) -> list[tuple[int, int]]:
     """Points that time the slow path: off-grid counts on one side or both."""
     step = cfg.channel_step
-    s_in, s_out = slow_counts(axis_in, step), slow_counts(axis_out, step)
+    s_in, s_out = slow_counts(axis_in, step, align), slow_counts(axis_out, step, align)
     if cfg.groups_mode == "depthwise":
         return [(c, c * cfg.depth_mult) for c in s_in]
     pts = {(ci, co) for ci in s_in for co in s_out}
@@ -241,6 +247,7 @@ class LatencyLUT:
         scale: Calibrated slope (1 until calibrated).
         offset_ms: Calibrated offset (0 until calibrated).
         curve: The channel-multiple discovery curve, when it was discovered.
+        align: The fast-path alignment the tables were built with (read off the curve).
         build_s: Wall time of the build.
         points_measured: Grid points measured by the build (0 when all came from the cache).
         calibration: (raw prediction ms, measured ms) pairs the calibration is fitted on.
@@ -258,6 +265,7 @@ class LatencyLUT:
     scale: float = 1.0
     offset_ms: float = 0.0
     curve: StaircaseCurve | None = None
+    align: int = ALIGN
     build_s: float = 0.0
     points_measured: int = 0
     calibration: list[tuple[float, float]] = field(default_factory=list)
@@ -371,6 +379,7 @@ class LatencyLUT:
             "build_s": self.build_s,
             "points_measured": self.points_measured,
             "curve": self.curve.to_dict() if self.curve else None,
+            "align": self.align,
             "self_check": self.self_check,
             "layers": [s.to_dict() for s in self.layers.values()],
             "tables": {k: t.to_dict() for k, t in self.tables.items()},
@@ -393,6 +402,7 @@ class LatencyLUT:
             scale=float(d["scale"]),
             offset_ms=float(d["offset_ms"]),
             curve=StaircaseCurve.from_dict(d["curve"]) if d.get("curve") else None,
+            align=int(d.get("align", ALIGN)),
             build_s=float(d.get("build_s", 0.0)),
             points_measured=int(d.get("points_measured", 0)),
             calibration=[(float(x), float(y)) for x, y in d.get("calibration", [])],
@@ -450,7 +460,7 @@ class LatencyLUT:
         specs = enumerate_layers(model, profile.full_input_shape)
         meas = measurer or PointMeasurer(profile)
         before = meas.points_measured
-        multiple, curve, overhead_us = _profile_facts(
+        multiple, curve, overhead_us, align = _profile_facts(
             root, profile, meas, channel_multiple, passes, discovery_c_max
         )
         by_cfg: dict[str, list[LayerSpec]] = defaultdict(list)
@@ -467,8 +477,8 @@ class LatencyLUT:
             axis_out = grid_axis([s.out_channels for s in group], step, max_points_per_axis, cstep)
             if cfg.groups_mode == "depthwise":
                 axis_out = axis_in
-            slow_pts = _slow_points(cfg, axis_in, axis_out)
-            held = held_out_points(cfg, axis_in, axis_out, key)
+            slow_pts = _slow_points(cfg, axis_in, axis_out, align)
+            held = held_out_points(cfg, axis_in, axis_out, key, align)
             raw = _measured_points(
                 root / f"{key}.json", cfg, axis_in, axis_out, meas, passes,
                 extra=[*slow_pts, *held],
@@ -483,7 +493,7 @@ class LatencyLUT:
             slow = _fit_slow(
                 [(ci, co, max(raw[(ci, co)] - overhead_us, 0.0)) for ci, co in slow_pts]
             )
-            tables[key] = LayerTable(cfg, axis_in, axis_out, grid, slow)
+            tables[key] = LayerTable(cfg, axis_in, axis_out, grid, slow, align)
             for ci, co in held:
                 checks.append(
                     {
@@ -510,6 +520,7 @@ class LatencyLUT:
             tables=tables,
             overhead_us=overhead_us,
             curve=curve,
+            align=align,
             build_s=time.perf_counter() - start,
             points_measured=meas.points_measured - before,
             self_check=_record_self_check(root, self_check(checks, overhead_us), model),
@@ -523,7 +534,11 @@ SELF_CHECK_WARN_PCT = (5.0, 15.0)
 
 
 def held_out_points(
-    cfg: LayerConfig, axis_in: tuple[int, ...], axis_out: tuple[int, ...], key: str
+    cfg: LayerConfig,
+    axis_in: tuple[int, ...],
+    axis_out: tuple[int, ...],
+    key: str,
+    align: int = ALIGN,
 ) -> list[tuple[int, int]]:
     """Channel counts the table did not measure, to check it against: one on the channel
     multiple's staircase and one off it (the slow path) where the axes leave room, drawn
@@ -535,7 +550,7 @@ def held_out_points(
         top = axis[-1]
         pool = [
             c for c in range(step, top + 1, step)
-            if c not in axis and (c % ALIGN == 0) == aligned
+            if c not in axis and (c % align == 0) == aligned
         ]  # fmt: skip
         return int(rng.choice(pool)) if pool else None
 
@@ -651,8 +666,10 @@ def _profile_facts(
     channel_multiple: int | None,
     passes: int,
     c_max: int,
-) -> tuple[int, StaircaseCurve | None, float]:
-    """(multiple, discovery curve, per-call overhead us), from ``profile.json`` or measured."""
+) -> tuple[int, StaircaseCurve | None, float, int]:
+    """(multiple, discovery curve, per-call overhead us, fast-path alignment), from
+    ``profile.json`` or measured. The alignment is read off this host's curve (also when
+    the multiple was given and a curve was measured before), :data:`ALIGN` without one."""
     path = root / "profile.json"
     facts = _read_json(path) or {"version": LUT_VERSION, "profile": profile.name}
     if "overhead_us" not in facts:
@@ -664,7 +681,10 @@ def _profile_facts(
         facts["curve"] = curve.to_dict()
     atomic_write_json(path, facts)
     multiple = channel_multiple or (curve.multiple if curve else 1)
-    return multiple, (curve if channel_multiple is None else None), float(facts["overhead_us"])
+    seen = curve.align if curve else None
+    align = seen if seen is not None else ALIGN
+    used = curve if channel_multiple is None else None
+    return multiple, used, float(facts["overhead_us"]), align
 
 
 def _measured_points(

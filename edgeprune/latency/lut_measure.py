@@ -374,6 +374,11 @@ class StaircaseCurve:
     scores: dict[int, float]
     multiple: int
 
+    @property
+    def align(self) -> int | None:
+        """The fast-path alignment the curve shows (:func:`infer_align`)."""
+        return infer_align(self.channels, self.latency_us, self.multiple)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "channels": list(self.channels),
@@ -392,6 +397,47 @@ class StaircaseCurve:
             {int(k): float(v) for k, v in d["scores"].items()},
             int(d["multiple"]),
         )
+
+
+#: Candidate fast-path alignments (channel counts divisible by one run the fast kernels).
+ALIGN_CANDIDATES = (1, 2, 4, 8, 16)
+
+
+def infer_align(
+    channels: Sequence[int],
+    latency_us: Sequence[float],
+    multiple: int,
+    *,
+    tolerance: float = 0.1,
+    share: float = 0.7,
+) -> int | None:
+    """The runtime's fast-path alignment, read off a discovery curve of period ``multiple``.
+
+    A count on the fast path costs what the top of its stair costs (the kernel pads it up to
+    the multiple); a count off it takes another path whose cost grows with the channels
+    (ONNX Runtime on the AMD EPYC dev host: 17 channels 27.9 us, 20 and 32 channels 45.5 us,
+    31 channels 67.3 us). The alignment is the smallest ``a`` dividing ``multiple`` for which
+    at least ``share`` of the counts divisible by ``a`` (past the first stair, which often
+    runs another kernel; the multiples themselves left out) cost within ``tolerance`` of
+    their stair's top. 1: every count is on the staircase (no slow path). None: the curve
+    has no staircase to read it from (``multiple`` 1, or too short a curve).
+    """
+    if multiple <= 1:
+        return None
+    lat = dict(zip((int(c) for c in channels), (float(v) for v in latency_us), strict=True))
+    for a in ALIGN_CANDIDATES:
+        if multiple % a:
+            continue
+        on, n = 0, 0
+        for c in range(multiple + a, max(lat) + 1, a):
+            top = -(-c // multiple) * multiple
+            if c % multiple == 0 or top not in lat or c not in lat:
+                continue
+            n += 1
+            on += abs(lat[c] / lat[top] - 1) <= tolerance
+        if n and on >= share * n:
+            return a
+    return None
 
 
 def infer_channel_multiple(

@@ -320,6 +320,7 @@ def _report(
         lut = {
             "self_check": {k: check.get(k) for k in ("n", "median_abs_pct", "max_abs_pct")},
             "channel_multiple": ctx.predictor.channel_multiple,
+            "fast_path_align": getattr(ctx.predictor, "align", None),
             "prediction_error": {
                 "n": len(errs),
                 "mape": sum(errs) / len(errs) if errs else None,

@@ -260,9 +260,22 @@ def _search(r: dict[str, Any], figures: Container[str]) -> list[Block]:
                 f"The table's self-check on this host, at build time: held-out layer sizes "
                 f"predicted with a median error of {check['median_abs_pct']:.1f}% and a worst "
                 f"of {check['max_abs_pct']:.1f}% ({check['n']} points measured in that build)."
+                + _align_note(lut)
             )
         )
     return out
+
+
+def _align_note(lut: dict[str, Any] | None) -> str:
+    align = (lut or {}).get("fast_path_align")
+    if not align:
+        return ""
+    if align == 1:
+        return " Every channel count ran the runtime's fast path here (no slow path)."
+    return (
+        f" Channel counts divisible by {align} ran the runtime's fast path here (read off "
+        "this host's discovery curve); the table times the others' slower path apart."
+    )
 
 
 def _channels(r: dict[str, Any], figures: Container[str]) -> list[Block]:

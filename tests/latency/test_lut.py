@@ -275,3 +275,43 @@ def test_the_build_checks_its_table_on_held_out_points(profile, tmp_path: Path) 
     assert check["median_abs_pct"] <= check["max_abs_pct"]
     assert LatencyLUT.from_dict(lut.to_dict()).self_check == check
     assert host_self_check(profile, tmp_path)["n"] == check["n"]
+
+
+def _with_slow_path(align: int, c: np.ndarray) -> np.ndarray:
+    """A period-16 staircase whose counts off multiples of ``align`` take a linear path
+    (cheaper low in a stair, dearer high in it: the AMD EPYC host's shape)."""
+    stair = 3 + 10 * np.ceil(c / 16)
+    slow = 1.0 + 0.35 * c
+    return np.where(c % align == 0, stair, slow)
+
+
+@pytest.mark.parametrize("align", [2, 4, 8])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_fast_path_alignment_is_read_off_the_curve(align: int, seed: int) -> None:
+    from edgeprune.latency.lut_measure import infer_align
+
+    noise = 1 + 0.02 * np.random.default_rng(seed).standard_normal(CHANNELS.size)
+    lat = _with_slow_path(align, CHANNELS) * noise
+    assert infer_align(CHANNELS.astype(int), lat, 16) == align
+    stairs = (3 + 10 * np.ceil(CHANNELS / 16)) * noise  # every count padded: no slow path
+    assert infer_align(CHANNELS.astype(int), stairs, 16) == 1
+    assert infer_align(CHANNELS.astype(int), 5 + 1.5 * CHANNELS, 1) is None  # no staircase
+
+
+def test_slow_counts_follow_the_alignment() -> None:
+    from edgeprune.latency.lut import slow_counts
+
+    axis = (8, 16, 32, 48, 64)
+    assert all(c % 8 for c in slow_counts(axis, 1, 8)) and slow_counts(axis, 1, 8)
+    assert slow_counts(axis, 1, 1) == ()  # every count on the fast path: nothing to time
+    assert slow_counts(axis, 4, 4) == ()
+
+
+def test_a_build_uses_the_alignment_this_hosts_curve_shows(profile, tmp_path: Path) -> None:
+    lut = LatencyLUT.build(TinyConvNet(width=32), profile, cache_dir=tmp_path, passes=1,
+                           max_points_per_axis=3)  # fmt: skip
+    assert lut.curve is not None
+    expected = lut.curve.align if lut.curve.align is not None else 4
+    assert lut.align == expected and all(t.align == expected for t in lut.tables.values())
+    again = LatencyLUT.from_dict(lut.to_dict())
+    assert again.align == lut.align and again.tables.keys() == lut.tables.keys()
