@@ -32,7 +32,7 @@ from edgeprune.pipeline.search.base import Candidate
 from edgeprune.pipeline.search.depth import choose_depth, depth_floor, droppable_blocks, reduce
 from edgeprune.pipeline.search.evaluator import base_grid, step_task
 from edgeprune.pipeline.search.knapsack import project
-from edgeprune.pipeline.search.landing import pick_landing, step_aim, step_window
+from edgeprune.pipeline.search.landing import fine_move, pick_landing, step_aim, step_window
 from edgeprune.pipeline.search.parallel import CandidateScorer
 from edgeprune.pipeline.search.reward import Metrics, RewardSettings, make_reward
 from edgeprune.pipeline.search.schedule import Goal, goal_from
@@ -386,8 +386,12 @@ def _land(
         # Local correction: the model missed this plan by measured/predicted; aim the next
         # plan's prediction so that the same miss lands it on the target.
         miss = measured / max(ctx.cost.predict(keep), 1e-12)
-        nxt = project(dataclasses.replace(task, target=task.target / miss), keep)
+        nxt: Keep | None = project(dataclasses.replace(task, target=task.target / miss), keep)
         if nxt == keep or any(t["keep"] == nxt for t in tries):
+            # Re-planning cycles (one grid step jumps the window): one group's step from a
+            # measured try, predicted inside it, if there is one.
+            nxt = fine_move(task, tries, window)
+        if nxt is None:
             break
         keep = nxt
     best, inside = pick_landing(tries, window)
