@@ -43,6 +43,7 @@ from edgeprune.pipeline.run_context import RunContext
 from edgeprune.pipeline.search.cost import CostModel, latency_cost_model, macs_cost_model
 from edgeprune.pipeline.search.evaluator import step_task
 from edgeprune.pipeline.search.knapsack import solve_knapsack
+from edgeprune.pipeline.search.sensitivity import by_name
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,21 @@ def choose_depth(
     epochs = round(min(ctx.task.epochs_for(cfg.search.depth_recovery_images), share), 6)
     choice.recovery_epochs = epochs
     best: tuple[float, int] | None = None
+    # The options differ from the base by dropped blocks only: their groups' sensitivities
+    # are measured once, on the base at the goal (the channels-alone option), and reused by
+    # group name (a group a drop changed the name of is measured in its option).
+    base_task = step_task(ctx, ctx.base, ctx.base_groups, importance, goal_ms, 0, True,
+                          start=ctx.base_groups)  # fmt: skip
+    known = (
+        None if base_task.sensitivity is None else by_name(base_task.sensitivity, ctx.base_groups)
+    )
     for n, r, row in options:
-        task = step_task(
-            ctx, r.model, r.groups, importance, goal_ms, 0, True, start=r.groups, cost=r.cost
-        )
+        task = base_task
+        if n > 0:
+            task = step_task(
+                ctx, r.model, r.groups, importance, goal_ms, 0, True, start=r.groups,
+                cost=r.cost, known=known,
+            )  # fmt: skip
         keep = solve_knapsack(task.with_raw_scores())
         pruned = prune(r.model, r.groups, PruningPlan(keep=keep), importance, verify=False).model
         if epochs > 0:  # a short recovery first: depth and width recover differently

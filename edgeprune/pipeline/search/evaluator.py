@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -76,10 +77,12 @@ def step_task(
     *,
     start: GroupSet | None = None,
     cost: CostModel | None = None,
+    known: Mapping[str, tuple[float, float]] | None = None,
 ) -> StepTask:
     """The step's question: widths, channel grids, normalised importance, cost and target.
 
-    ``start`` (the groups the grids are defined over) and ``cost`` default to the run's.
+    ``start`` (the groups the grids are defined over) and ``cost`` default to the run's;
+    ``known`` reuses group sensitivities by name (see :func:`.sensitivity.measure`).
     """
     start = ctx.start_groups if start is None else start
     widths = {g.id: g.width for g in groups.prunable}
@@ -104,7 +107,7 @@ def step_task(
     )
     if ctx.config.search.values != "sensitivity" or not task.widths:
         return task
-    sens = sensitivity.measure(ctx, model, groups, importance, task)
+    sens = sensitivity.measure(ctx, model, groups, importance, task, known)
     return dataclasses.replace(
         task, tables=sensitivity.value_tables(task, sens), sensitivity=sens, _values={}
     )

@@ -111,20 +111,44 @@ def value_tables(task: StepTask, sens: Sensitivity) -> dict[int, np.ndarray]:
     return tables
 
 
+def by_name(sens: Sensitivity, groups: GroupSet) -> dict[str, tuple[float, float]]:
+    """``{group name: (drop, scale)}``, to reuse for the same groups of another model."""
+    names = {g.id: g.name for g in groups.prunable}
+    return {names[g]: (sens.drops[g], sens.scales[g]) for g in sens.scales if g in names}
+
+
 def measure(
-    ctx: Any, model: nn.Module, groups: GroupSet, importance: Any, task: StepTask
+    ctx: Any,
+    model: nn.Module,
+    groups: GroupSet,
+    importance: Any,
+    task: StepTask,
+    known: Mapping[str, tuple[float, float]] | None = None,
 ) -> Sensitivity:
     """Cut each prunable group alone to the operating point and measure the proxy's drop.
 
     ``ctx`` is the run's :class:`~edgeprune.pipeline.run_context.RunContext` (its task
-    scores a model after re-estimating BatchNorm). ``model`` is not modified.
+    scores a model after re-estimating BatchNorm). ``model`` is not modified. ``known``
+    (:func:`by_name` of another model's measurement, e.g. the base's for the depth options,
+    which differ from it by dropped blocks only) gives the groups it names their drop and
+    scale without measuring them again.
     """
     fraction = operating_fraction(task)
+    names = {g.id: g.name for g in groups.prunable}
+    known = known or {}
+    reused = {g: known[names[g]] for g in task.widths if names.get(g) in known}
+    if len(reused) == len(task.widths):
+        drops0 = {g: d for g, (d, _) in reused.items()}
+        scales0 = {g: sc for g, (_, sc) in reused.items()}
+        return Sensitivity(fraction, float("nan"), dict(task.widths), drops0, scales0)
     base_score = ctx.proxy_accuracy(copy.deepcopy(model))
     full = dict(task.widths)
     widths: dict[int, int] = {}
     drops: dict[int, float] = {}
     for g, w in full.items():
+        if g in reused:
+            widths[g], drops[g] = w, reused[g][0]
+            continue
         k = snap_down(task, g, w * (1.0 - fraction))
         if k >= w:  # nothing to cut (a one-width grid): the group cannot move anyway
             widths[g], drops[g] = w, 0.0
@@ -140,6 +164,9 @@ def measure(
     floor = FLOOR_SHARE * float(np.median(positive)) if positive else 1.0
     scales: dict[int, float] = {}
     for g, w in full.items():
+        if g in reused:
+            scales[g] = reused[g][1]
+            continue
         r = removed_share(task.scores[g])[widths[g]] if widths[g] < w else 0.0
         drop = max(drops[g], floor)
         scales[g] = drop / (r**2) if r > 0 else drop / max(fraction**2, 1e-12)
