@@ -4,22 +4,25 @@ Every method is one ``edgeprune compress`` run (``edgeprune.pipeline.compress.co
 with its own run config; they share the baseline weights, the data, the device profile, the
 goal and its stopping rule (speedup 1/fraction over the baseline p50, reached through the
 library's latency schedule and landed on interleaved measurements), and the KD budget.
-Only the searcher, the channel rounding, the criterion and depth pruning differ:
+Only the searcher, the channel rounding, the criterion, depth pruning and what a group's
+channels are worth (``values``: measured sensitivity for edgeprune's searchers, summed
+criterion scores for the peers, whose tools know no such calibration) differ:
 
-=================== =========== ======== ===== =========================================
-method              searcher    rounding depth where the channels go
-=================== =========== ======== ===== =========================================
-edgeprune           rl          yes      auto  RL on top of knapsack + magnitude (accuracy)
-edgeprune-random    random      yes      auto  the same proposals, learning off (ablation)
-cluster-rl          cluster-rl  yes      auto  RL over kept clusters per group (Wu et al.)
-edgeprune-width     rl          yes      off   the same, channels only (ablation)
-knapsack            knapsack    yes      auto  most importance per ms (HALP-style)
-knapsack-width      knapsack    yes      off   the same, channels only (ablation)
-rl-flops            rl-flops    yes      off   RL-Pruner's FLOPs reward
-uniform             uniform     yes      off   one ratio everywhere
-magnitude           magnitude   no       off   Torch-Pruning global L2, no rounding
-magnitude-rounded   magnitude   yes      off   Torch-Pruning global L2 + our channel grid
-=================== =========== ======== ===== =========================================
+=================== =========== ======== ===== =========== ===============================
+method              searcher    rounding depth values      where the channels go
+=================== =========== ======== ===== =========== ===============================
+edgeprune           rl          yes      auto  sensitivity RL on knapsack + magnitude seeds
+edgeprune-random    random      yes      auto  sensitivity the same, learning off (ablation)
+cluster-rl          cluster-rl  yes      auto  sensitivity RL over kept clusters (Wu et al.)
+knapsack-criterion  knapsack    yes      auto  criterion   knapsack by summed scores (ablation)
+edgeprune-width     rl          yes      off   sensitivity channels only (ablation)
+knapsack            knapsack    yes      auto  sensitivity most value per ms (HALP-style)
+knapsack-width      knapsack    yes      off   sensitivity channels only (ablation)
+rl-flops            rl-flops    yes      off   criterion   RL-Pruner's FLOPs reward
+uniform             uniform     yes      off   criterion   one ratio everywhere
+magnitude           magnitude   no       off   criterion   Torch-Pruning global L2
+magnitude-rounded   magnitude   yes      off   criterion   global L2 + our channel grid
+=================== =========== ======== ===== =========== ===============================
 
 A method whose channel floor is above the budget is refused before it prunes anything; the
 benchmark records the refusal and the floor it names instead of a model.
@@ -62,11 +65,13 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "magnitude-rounded",
 )
 #: Every method ``--methods`` takes: the default grid and the policy ablations
-#: (``edgeprune-random``: learning off; ``cluster-rl``: the second paper's searcher).
+#: (``edgeprune-random``: learning off; ``cluster-rl``: the second paper's searcher;
+#: ``knapsack-criterion``: the knapsack valued by summed scores, not measured sensitivity).
 METHODS: tuple[str, ...] = (
     "edgeprune",
     "edgeprune-random",
     "cluster-rl",
+    "knapsack-criterion",
     *DEFAULT_METHODS[1:],
 )
 
@@ -83,12 +88,17 @@ class MethodSpec:
         depth: ``search.depth``: ``auto`` weighs dropping residual blocks (edgeprune's
             searchers), ``off`` prunes channels only (the peers, as their users run them,
             and ``edgeprune-width``/``knapsack-width``, the channel-only ablations).
+        values: ``search.values``: ``sensitivity`` (edgeprune's searchers: group values
+            calibrated by measured proxy drops) or ``criterion`` (summed criterion scores:
+            the peers, whose own tools know no such calibration, and ``knapsack-criterion``,
+            the calibration's ablation).
     """
 
     searcher: str
     round_to_multiple: bool
     criterion: str
     depth: str = "off"
+    values: str = "sensitivity"
 
 
 SPECS: dict[str, MethodSpec] = {
@@ -98,10 +108,11 @@ SPECS: dict[str, MethodSpec] = {
     "edgeprune-width": MethodSpec("rl", True, "l1", "off"),
     "knapsack": MethodSpec("knapsack", True, "l1", "auto"),
     "knapsack-width": MethodSpec("knapsack", True, "l1", "off"),
-    "rl-flops": MethodSpec("rl-flops", True, "l1"),
-    "uniform": MethodSpec("uniform", True, "l1"),
-    "magnitude": MethodSpec("magnitude", False, "l2"),
-    "magnitude-rounded": MethodSpec("magnitude", True, "l2"),
+    "knapsack-criterion": MethodSpec("knapsack", True, "l1", "auto", "criterion"),
+    "rl-flops": MethodSpec("rl-flops", True, "l1", values="criterion"),
+    "uniform": MethodSpec("uniform", True, "l1", values="criterion"),
+    "magnitude": MethodSpec("magnitude", False, "l2", values="criterion"),
+    "magnitude-rounded": MethodSpec("magnitude", True, "l2", values="criterion"),
 }
 
 
@@ -359,6 +370,7 @@ def method_config(
                 "round_to_multiple": spec.round_to_multiple,
                 "criterion": spec.criterion,
                 "depth": spec.depth,
+                "values": spec.values,
                 "steps": settings.steps,
                 "samples": settings.samples,
                 "rl_epochs": settings.rl_epochs,
