@@ -35,6 +35,7 @@ from edgeprune.profiles.schema import DeviceProfile, MeasurementSettings
 from edgeprune.targets.base import LatencyStats, Prepared, Target, require_available, target_for
 from edgeprune.targets.stats import block_ratio
 from edgeprune.targets.timing import (
+    OthersCpu,
     block_settings,
     cpu_model,
     load_avg_1m,
@@ -126,7 +127,8 @@ class BaselineComparison:
         block_ratios: One ratio per block, in order.
         contention: What disturbed the measurement: ``retaken`` (disturbed block pairs
             measured again), ``disturbed_kept`` (disturbed pairs kept once the retakes ran
-            out), ``load_1m`` per kept block.
+            out), ``load_1m`` and ``others_cores`` (cores other processes kept busy) per
+            kept block.
     """
 
     candidate: LatencyStats
@@ -337,14 +339,19 @@ class LatencyOracle:
         """Time ``n_blocks`` interleaved pairs into the lists; a pair where either model's
         block is disturbed (:func:`dispersion` over ``disturbed_dispersion``: a neighbour
         took the core for part of it) is measured again, at most ``max_retakes`` times.
-        Returns what was seen: retakes, disturbed pairs kept, the load average per block."""
+        Returns what was seen: retakes, disturbed pairs kept, and per kept block the load
+        average and the cores other processes kept busy meanwhile (:class:`OthersCpu`)."""
         s = self.settings
         limit = n_blocks if s.max_retakes is None else s.max_retakes
         retaken = kept_disturbed = 0
         loads: list[float | None] = []
+        others: list[float | None] = []
+        sampler = OthersCpu()
         while len(cand_runs) < n_blocks:
+            sampler.start()
             c = self.target.measure(cand, None, per_block)
             b = self.target.measure(base, None, per_block)
+            busy = sampler.stop()
             worst = max(dispersion(c.times_ms), dispersion(b.times_ms))
             if worst > s.disturbed_dispersion:
                 if retaken < limit:
@@ -354,7 +361,13 @@ class LatencyOracle:
             cand_runs.append(c)
             base_runs.append(b)
             loads.append(load_avg_1m())
-        return {"retaken": retaken, "disturbed_kept": kept_disturbed, "load_1m": loads}
+            others.append(busy)
+        return {
+            "retaken": retaken,
+            "disturbed_kept": kept_disturbed,
+            "load_1m": loads,
+            "others_cores": others,
+        }
 
     def measure_vs_baseline(
         self,
@@ -459,6 +472,7 @@ def merge_contention(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "retaken": int(a.get("retaken", 0)) + int(b.get("retaken", 0)),
         "disturbed_kept": int(a.get("disturbed_kept", 0)) + int(b.get("disturbed_kept", 0)),
         "load_1m": [*a.get("load_1m", ()), *b.get("load_1m", ())],
+        "others_cores": [*a.get("others_cores", ()), *b.get("others_cores", ())],
     }
 
 

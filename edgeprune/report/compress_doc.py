@@ -42,9 +42,14 @@ def _scale(r: dict[str, Any]) -> tuple[float, float, str]:
 
 def _retakes(v: dict[str, Any]) -> str:
     retaken, kept = v.get("retaken_blocks", 0), v.get("disturbed_blocks_kept", 0)
-    if not retaken and not kept:
-        return ", none disturbed"
-    return f", {retaken} disturbed block pairs retaken, {kept} kept"
+    text = (
+        ", none disturbed"
+        if not retaken and not kept
+        else f", {retaken} disturbed block pairs retaken, {kept} kept"
+    )
+    if v.get("others_cores") is not None:
+        text += f"; other processes kept {v['others_cores']:.1f} cores busy meanwhile"
+    return text
 
 
 def _goal_text(r: dict[str, Any]) -> str:

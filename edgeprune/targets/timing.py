@@ -168,6 +168,49 @@ def load_avg_1m() -> float | None:
         return None
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole host, ticks of this process) from /proc (Linux), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()[1:]
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            own = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    busy = sum(values[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy, int(own[11]) + int(own[12])  # utime + stime of this process
+
+
+class OthersCpu:
+    """How many cores *other* processes kept busy between :meth:`start` and :meth:`stop`.
+
+    The 1-minute load average lags a 10-second measurement by a minute and counts the
+    measuring process itself; this reads the host's busy ticks and this process's own from
+    /proc around the interval, so a neighbour is seen while it runs. None where /proc is
+    not available.
+    """
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._ticks: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        self._t0, self._ticks = time.perf_counter(), _cpu_ticks()
+
+    def stop(self) -> float | None:
+        end = _cpu_ticks()
+        if self._t0 is None or self._ticks is None or end is None:
+            return None
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        elapsed = time.perf_counter() - self._t0
+        if elapsed <= 0:
+            return None
+        others = (end[0] - self._ticks[0]) - (end[1] - self._ticks[1])
+        return max(0.0, others / hz / elapsed)
+
+
 @contextlib.contextmanager
 def pinned(enabled: bool) -> Iterator[dict[str, Any]]:
     """Pin this thread to one core while measuring (Linux), restoring the mask afterwards.

@@ -140,6 +140,7 @@ def test_depth_pruning_drops_blocks_where_channels_alone_cannot_reach(tmp_path):
     assert v["certain"] == (not v["interval"][0] <= v["needed_ratio"] < v["interval"][1])
     # contention is seen: disturbed block pairs retaken (bounded), the rest counted
     assert 0 <= v["retaken_blocks"] <= v["blocks"] and v["disturbed_blocks_kept"] >= 0
+    assert v["others_cores"] is None or v["loaded"] == (v["others_cores"] >= 0.5)
     assert f"over {v['blocks']} interleaved blocks" in (tmp_path / "run" / "report.md").read_text()
     depth = report["depth"]
     unreachable = [o for o in depth["options"] if not o["reachable"]]

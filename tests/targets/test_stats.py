@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgeprune.targets.stats import STATISTICS, block_ratio, statistic_ms
@@ -45,3 +47,26 @@ def test_ratio_interval_brackets_the_median_and_narrows_with_agreeing_blocks() -
     assert tight[1] - tight[0] < loose[1] - loose[0]
     assert ratio_interval([0.7]) == (0.7, 0.7)
     assert ratio_interval([0.4, 0.6], seed=3) == ratio_interval([0.4, 0.6], seed=3)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+def test_a_neighbours_cpu_is_seen_and_our_own_is_not() -> None:
+    """A busy child process is counted as another process's core; while this process sleeps
+    its own ticks are not (the load average would lag a minute and count us)."""
+    import subprocess
+    import sys
+    import time
+
+    from edgeprune.targets.timing import OthersCpu
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it start spinning
+        sampler = OthersCpu()
+        sampler.start()
+        time.sleep(1.0)
+        busy = sampler.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert busy is not None and busy >= 0.5
