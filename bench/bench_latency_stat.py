@@ -390,9 +390,61 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sizes_summary(results: Path) -> str | None:
+    """Every statistic's worst ratio error vs the idle median at each size measured, and the
+    rule that holds across all of them (``latency_stat_<cpu>_sizes.md``)."""
+    found = {}
+    for size in SIZES:
+        for path in sorted(results.glob("latency_stat_*.json")):
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("size", "small") == size and "raw" in d and "_2026" not in path.name:
+                found[size] = d
+    if len(found) < 2:
+        return None
+    keys = list(next(iter(found.values()))["analysis"]["statistics"])
+    worst = {
+        k: max(d["analysis"]["statistics"][k].get("worst_ratio_error_vs_idle") or 0.0
+               for d in found.values())
+        for k in keys
+    }  # fmt: skip
+    best = min(worst, key=lambda k: worst[k])
+    env = next(iter(found.values()))["environment"]
+    lines = [
+        f"# Decision statistic across model sizes on {env['cpu_model']}",
+        "",
+        "Worst ratio error vs the idle median (every run, idle and beside a single-thread "
+        "training job, half- and quarter-width copies against the model):",
+        "",
+        "| statistic | "
+        + " | ".join(
+            f"{s} ({d['model']} {d['input_shape'][-1]} px, {d['baseline_ms']['idle_p50']:.3g} ms)"
+            for s, d in found.items()
+        )
+        + " | worst |",
+        "|---|" + "---:|" * (len(found) + 1),
+    ]
+    for k in sorted(keys, key=lambda k: worst[k]):
+        cells = [_pct(d["analysis"]["statistics"][k].get("worst_ratio_error_vs_idle"))
+                 for d in found.values()]  # fmt: skip
+        mark = " (lowest worst)" if k == best else ""
+        lines.append(f"| `{k}`{mark} | " + " | ".join(cells) + f" | {_pct(worst[k])} |")
+    lines += [
+        "",
+        f"Lowest worst error across the sizes: `{best}`, {_pct(worst[best])}; the profile "
+        "default (`min`, pinned): "
+        f"{_pct(worst.get('min pinned'))}. Sources: "
+        + ", ".join(f"`{d['raw'].replace('.raw.json.gz', '.md')}`" for d in found.values()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="model size")
+    p.add_argument(
+        "--sizes-summary", action="store_true", help="only write the across-sizes summary"
+    )
     p.add_argument("--profile", default=None, help="profile (default: the size's)")
     p.add_argument("--runs", type=int, default=5, help="back-to-back runs per condition")
     p.add_argument("--repeats", type=int, default=2, help="times each condition is repeated")
@@ -405,6 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         "redo only the benchmark check",
     )
     args = p.parse_args(argv)
+    if args.sizes_summary:
+        text = sizes_summary(args.out)
+        if text is None:
+            raise SystemExit("need results of at least two sizes in --out")
+        stem = "latency_stat_" + re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")[:40]
+        atomic_write_text(args.out / f"{stem}_sizes.md", text)
+        print(text)
+        return 0
     if args.reanalyse:  # the size it was measured at
         raw = args.reanalyse.read_bytes()
         args.size = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).get(
