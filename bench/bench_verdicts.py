@@ -56,7 +56,9 @@ def _commit() -> str:
 
 def argv_for(kind: str, run: int, out: Path, weights: Path | None) -> list[str]:
     """The ``edgeprune compress`` command line of one run."""
-    cmd = [sys.executable, "-m", "edgeprune.cli", "compress", "--out", str(out)]
+    # -S passed on, so a frozen checkout on PYTHONPATH beats an editable install
+    py = [sys.executable, *(["-S"] if sys.flags.no_site else [])]
+    cmd = [*py, "-m", "edgeprune.cli", "compress", "--out", str(out)]
     if kind == "digits":
         return [*cmd, "--seed", str(run)]
     assert weights is not None
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.save(create_model("resnet18", 10).state_dict(), weights)
         competitor = None
         if args.beside == "competitor":
-            competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env)
+            py = [sys.executable, *(["-S"] if sys.flags.no_site else [])]
+            competitor = subprocess.Popen([*py, "-c", COMPETITOR], env=env)
         try:
             time.sleep(3.0)  # let it reach its steady state
             for i in range(1, args.runs + 1):
