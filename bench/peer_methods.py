@@ -14,6 +14,7 @@ method              searcher    rounding depth values      where the channels go
 edgeprune           rl          yes      auto  sensitivity RL on knapsack + magnitude seeds
 edgeprune-random    random      yes      auto  sensitivity the same, learning off (ablation)
 cluster-rl          cluster-rl  yes      auto  sensitivity RL over kept clusters (Wu et al.)
+edgeprune-cluster   rl          yes      auto  sensitivity rl, cluster representatives kept
 knapsack-criterion  knapsack    yes      auto  criterion   knapsack by summed scores (ablation)
 edgeprune-width     rl          yes      off   sensitivity channels only (ablation)
 knapsack            knapsack    yes      auto  sensitivity most value per ms (HALP-style)
@@ -66,11 +67,14 @@ DEFAULT_METHODS: tuple[str, ...] = (
 )
 #: Every method ``--methods`` takes: the default grid and the policy ablations
 #: (``edgeprune-random``: learning off; ``cluster-rl``: the second paper's searcher;
-#: ``knapsack-criterion``: the knapsack valued by summed scores, not measured sensitivity).
+#: ``edgeprune-cluster``: rl keeping cluster representatives, which of cluster-rl's two
+#: parts pays; ``knapsack-criterion``: the knapsack valued by summed scores, not measured
+#: sensitivity).
 METHODS: tuple[str, ...] = (
     "edgeprune",
     "edgeprune-random",
     "cluster-rl",
+    "edgeprune-cluster",
     "knapsack-criterion",
     *DEFAULT_METHODS[1:],
 )
@@ -105,6 +109,7 @@ SPECS: dict[str, MethodSpec] = {
     "edgeprune": MethodSpec("rl", True, "l1", "auto"),
     "edgeprune-random": MethodSpec("random", True, "l1", "auto"),
     "cluster-rl": MethodSpec("cluster-rl", True, "cluster", "auto"),
+    "edgeprune-cluster": MethodSpec("rl", True, "cluster", "auto"),
     "edgeprune-width": MethodSpec("rl", True, "l1", "off"),
     "knapsack": MethodSpec("knapsack", True, "l1", "auto"),
     "knapsack-width": MethodSpec("knapsack", True, "l1", "off"),
