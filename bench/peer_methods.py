@@ -15,6 +15,7 @@ edgeprune           rl          yes      auto  sensitivity RL on knapsack + magn
 edgeprune-random    random      yes      auto  sensitivity the same, learning off (ablation)
 cluster-rl          cluster-rl  yes      auto  sensitivity RL over kept clusters (Wu et al.)
 edgeprune-cluster   rl          yes      auto  sensitivity rl, cluster representatives kept
+edgeprune-deeper    rl          yes      auto  sensitivity rl, depth near-ties: most blocks
 knapsack-criterion  knapsack    yes      auto  criterion   knapsack by summed scores (ablation)
 edgeprune-width     rl          yes      off   sensitivity channels only (ablation)
 knapsack            knapsack    yes      auto  sensitivity most value per ms (HALP-style)
@@ -68,13 +69,15 @@ DEFAULT_METHODS: tuple[str, ...] = (
 #: Every method ``--methods`` takes: the default grid and the policy ablations
 #: (``edgeprune-random``: learning off; ``cluster-rl``: the second paper's searcher;
 #: ``edgeprune-cluster``: rl keeping cluster representatives, which of cluster-rl's two
-#: parts pays; ``knapsack-criterion``: the knapsack valued by summed scores, not measured
+#: parts pays; ``edgeprune-deeper``: near-tied depth options go to more blocks;
+#: ``knapsack-criterion``: the knapsack valued by summed scores, not measured
 #: sensitivity).
 METHODS: tuple[str, ...] = (
     "edgeprune",
     "edgeprune-random",
     "cluster-rl",
     "edgeprune-cluster",
+    "edgeprune-deeper",
     "knapsack-criterion",
     *DEFAULT_METHODS[1:],
 )
@@ -96,6 +99,8 @@ class MethodSpec:
             calibrated by measured proxy drops) or ``criterion`` (summed criterion scores:
             the peers, whose own tools know no such calibration, and ``knapsack-criterion``,
             the calibration's ablation).
+        depth_ties: ``search.depth_ties``: which block count a near-tie of the depth
+            choice goes to (``edgeprune-deeper``: the most blocks within the margin).
     """
 
     searcher: str
@@ -103,6 +108,7 @@ class MethodSpec:
     criterion: str
     depth: str = "off"
     values: str = "sensitivity"
+    depth_ties: str = "fewer"
 
 
 SPECS: dict[str, MethodSpec] = {
@@ -110,6 +116,7 @@ SPECS: dict[str, MethodSpec] = {
     "edgeprune-random": MethodSpec("random", True, "l1", "auto"),
     "cluster-rl": MethodSpec("cluster-rl", True, "cluster", "auto"),
     "edgeprune-cluster": MethodSpec("rl", True, "cluster", "auto"),
+    "edgeprune-deeper": MethodSpec("rl", True, "l1", "auto", depth_ties="more"),
     "edgeprune-width": MethodSpec("rl", True, "l1", "off"),
     "knapsack": MethodSpec("knapsack", True, "l1", "auto"),
     "knapsack-width": MethodSpec("knapsack", True, "l1", "off"),
@@ -376,6 +383,7 @@ def method_config(
                 "criterion": spec.criterion,
                 "depth": spec.depth,
                 "values": spec.values,
+                "depth_ties": spec.depth_ties,
                 "steps": settings.steps,
                 "samples": settings.samples,
                 "rl_epochs": settings.rl_epochs,

@@ -195,6 +195,12 @@ class SearchConfig(_Section):
     depth_options: int = Field(
         8, ge=2, le=64, description="block counts weighed by the depth choice (0 and max incl.)"
     )
+    depth_ties: Literal["fewer", "more"] = Field(
+        "fewer",
+        description="among block counts whose proxy accuracy is within the depth margin of "
+        "the best, 'fewer' keeps the best-scoring one, 'more' the one dropping the most blocks "
+        "(wider layers left, which a short recovery under-rates)",
+    )
     reward: RewardConfig = RewardConfig()
 
 

@@ -15,12 +15,13 @@ layers. The depth choice weighs blocks against channels at the goal itself:
    Without that recovery the proxy misled: on digits (143 validation images) it picked 4
    blocks at a 2x speedup, and the run ended 5.6 test points below channels alone. Counts
    whose channel floor is above the goal cannot reach it and are skipped;
-4. the count with the best proxy accuracy wins (ties: fewer blocks), provided it beats
-   channels alone (when they can reach the goal) by more than the proxy's standard error
-   times sqrt(2 ln N) for N options (the best of N noisy scores beats a fair one by about
-   that much by chance); the channel search then runs its latency schedule from the model
-   without those blocks, and drops more blocks (the next reachable option) when the
-   channels cannot reach the goal from there.
+4. the count with the best proxy accuracy wins (exact ties: fewer blocks; with
+   ``search.depth_ties: more``, the most blocks scoring within the margin below of the
+   best), provided the best beats channels alone (when they can reach the goal) by more
+   than the margin: the proxy's standard error times sqrt(2 ln N) for N options (the best
+   of N noisy scores beats a fair one by about that much by chance); the channel search
+   then runs its latency schedule from the model without those blocks, and drops more
+   blocks (the next reachable option) when the channels cannot reach the goal from there.
 
 ``n = 0`` is always weighed, so a budget channels can meet drops blocks only when the proxy
 says it pays.
@@ -72,6 +73,7 @@ class DepthChoice:
     options: list[dict[str, Any]] = field(default_factory=list)
     recovery_epochs: float = 0.0
     margin: float | None = None  # what dropping blocks had to beat channels alone by
+    ties: str = "fewer"  # search.depth_ties: which count a near-tie goes to
 
     @property
     def kd_epochs(self) -> float:
@@ -86,6 +88,7 @@ class DepthChoice:
             "recovery_epochs": self.recovery_epochs,
             "kd_epochs": self.kd_epochs,
             "margin": self.margin,
+            "ties": self.ties,
         }
 
 
@@ -171,7 +174,6 @@ def choose_depth(
     share = cfg.search.depth_kd_share * cfg.finetune.total_epochs / max(1, len(options))
     epochs = round(min(ctx.task.epochs_for(cfg.search.depth_recovery_images), share), 6)
     choice.recovery_epochs = epochs
-    best: tuple[float, int] | None = None
     # The options differ from the base by dropped blocks only: their groups' sensitivities
     # are measured once, on the base at the goal (the channels-alone option), and reused by
     # group name (a group a drop changed the name of is measured in its option).
@@ -196,22 +198,44 @@ def choose_depth(
         choice.options.append(
             {**row, "reachable": True, "predicted_ms": r.cost.predict(keep), "proxy_accuracy": acc}
         )
-        if best is None or acc > best[0]:
-            best = (acc, n)
-    if best is not None:
-        choice.dropped = tuple(b.name for b in order[: best[1]])
-    # Depth only when it measurably pays: the best block count must beat channels alone by
-    # more than the best of that many noisy scores beats a fair one by chance: one standard
-    # error of the proxy (binomial, over the validation subset) times sqrt(2 ln N) for N
-    # options with blocks, the expected maximum of N standard normals (about 2 for 7).
-    width = next((o for o in choice.options if o["blocks"] == 0 and o["reachable"]), None)
-    if best is not None and width is not None and best[1] > 0:
-        p = width["proxy_accuracy"]
-        n = sum(1 for o in choice.options if o["reachable"] and o["blocks"] > 0)
-        choice.margin = ctx.task.score_se(p) * max(1.0, math.sqrt(2 * math.log(max(n, 1))))
-        if best[0] - p <= choice.margin:
-            choice.dropped = ()
+    if options:
+        count, choice.margin = pick_count(choice.options, ctx.task.score_se, cfg.search.depth_ties)
+        choice.dropped = tuple(b.name for b in order[:count])
+    choice.ties = cfg.search.depth_ties
     return choice
+
+
+def pick_count(
+    options: list[dict[str, Any]], score_se: Any, ties: str = "fewer"
+) -> tuple[int, float | None]:
+    """The block count to drop from the scored ``options``, and the margin dropping blocks
+    had to beat channels alone by (None without a channels-alone option or blocks to drop).
+
+    The margin is what the best of N noisy scores beats a fair one by, by chance: one
+    standard error of the proxy (``score_se(p)``, binomial over the validation subset) times
+    sqrt(2 ln N) for N options with blocks, the expected maximum of N standard normals
+    (about 2 for 7). The best-scoring count wins (``ties="more"``: the most blocks scoring
+    within that margin of the best), and depth only when the best beats channels alone by
+    more than the margin.
+    """
+    reachable = [o for o in options if o["reachable"]]
+    if not reachable:
+        return 0, None
+    best = max(reachable, key=lambda o: (o["proxy_accuracy"], -o["blocks"]))
+    top = best["proxy_accuracy"]
+    n = sum(1 for o in reachable if o["blocks"] > 0)
+    z = max(1.0, math.sqrt(2 * math.log(max(n, 1))))
+    count = best["blocks"]
+    if ties == "more":
+        tie = score_se(top) * z
+        count = max(o["blocks"] for o in reachable if top - o["proxy_accuracy"] <= tie)
+    if best["blocks"] == 0:
+        return 0, None
+    width = next((o for o in reachable if o["blocks"] == 0), None)
+    if width is None:
+        return count, None
+    margin = score_se(width["proxy_accuracy"]) * z
+    return (0 if top - width["proxy_accuracy"] <= margin else count), margin
 
 
 def option_counts(n_blocks: int, options: int) -> list[int]:
