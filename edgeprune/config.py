@@ -152,8 +152,9 @@ class SearchConfig(_Section):
     rescore_top: int = Field(
         3,
         ge=0,
-        description="a step's best candidates (by the proxy) re-scored on a disjoint "
-        "validation draw of the same size before one is kept, by the mean of both scores "
+        description="a step's best candidates (and the depth choice's best options) by the "
+        "proxy re-scored on a disjoint validation draw of the same size before one is kept, "
+        "by the mean of both scores "
         "(0: off; needs validation images beyond search.val_subset)",
     )
     depth: Literal["auto", "off"] = Field(

@@ -15,7 +15,10 @@ layers. The depth choice weighs blocks against channels at the goal itself:
    Without that recovery the proxy misled: on digits (143 validation images) it picked 4
    blocks at a 2x speedup, and the run ended 5.6 test points below channels alone. Counts
    whose channel floor is above the goal cannot reach it and are skipped;
-4. the count with the best proxy accuracy wins (exact ties: fewer blocks; with
+4. with validation images beyond the proxy's, the ``search.rescore_top`` best options and
+   channels alone are scored again on a disjoint draw, and only they compete, by both draws
+   together (:func:`rescore_options`);
+5. the count with the best proxy accuracy wins (exact ties: fewer blocks; with
    ``search.depth_ties: more``, the most blocks scoring within the margin below of the
    best), provided the best beats channels alone (when they can reach the goal) by more
    than the margin: the proxy's standard error times sqrt(2 ln N) for N options (the best
@@ -182,6 +185,10 @@ def choose_depth(
     known = (
         None if base_task.sensitivity is None else by_name(base_task.sensitivity, ctx.base_groups)
     )
+    # Screen, then confirm (as every step does): the best options by the proxy and channels
+    # alone are scored again on a disjoint validation draw when the task has one.
+    confirm = cfg.search.rescore_top > 0 and ctx.task.rescore_size() > 0 and len(options) > 1
+    models: dict[int, nn.Module] = {}
     for n, r, row in options:
         task = base_task
         if n > 0:
@@ -198,11 +205,38 @@ def choose_depth(
         choice.options.append(
             {**row, "reachable": True, "predicted_ms": r.cost.predict(keep), "proxy_accuracy": acc}
         )
+        if confirm:
+            models[n] = pruned
+    if models:
+        rescore_options(ctx, choice.options, models)
     if options:
         count, choice.margin = pick_count(choice.options, ctx.task.score_se, cfg.search.depth_ties)
         choice.dropped = tuple(b.name for b in order[:count])
     choice.ties = cfg.search.depth_ties
     return choice
+
+
+def rescore_options(
+    ctx: RunContext, options: list[dict[str, Any]], models: Mapping[int, nn.Module]
+) -> None:
+    """Adds ``rescore`` (the disjoint draw's accuracy) and ``score`` (both draws, weighted
+    by their sizes) to the ``search.rescore_top`` best reachable options by the proxy and to
+    channels alone; :func:`pick_count` then picks among those by ``score``. The best of N
+    proxy scores is partly the luckiest draw; a draw the screening never saw takes the luck
+    out of the final comparison."""
+    reachable = sorted(
+        (o for o in options if o["reachable"] and o["blocks"] in models),
+        key=lambda o: (-o["proxy_accuracy"], o["blocks"]),
+    )
+    finalists = reachable[: ctx.config.search.rescore_top]
+    finalists += [o for o in reachable if o["blocks"] == 0 and o not in finalists]
+    n1, n2 = ctx.task.score_size(), ctx.task.rescore_size()
+    for o in finalists:
+        second = ctx.task.rescore(models[o["blocks"]])
+        if second is None:
+            return
+        o["rescore"] = second
+        o["score"] = (n1 * o["proxy_accuracy"] + n2 * second) / (n1 + n2)
 
 
 def pick_count(
@@ -214,28 +248,33 @@ def pick_count(
     The margin is what the best of N noisy scores beats a fair one by, by chance: one
     standard error of the proxy (``score_se(p)``, binomial over the validation subset) times
     sqrt(2 ln N) for N options with blocks, the expected maximum of N standard normals
-    (about 2 for 7). The best-scoring count wins (``ties="more"``: the most blocks scoring
+    (about 2 for 7). Options re-scored on a second draw (:func:`rescore_options`) compete
+    by ``score``, the others not at all (N still counts every option the finalists were
+    screened from). The best-scoring count wins (``ties="more"``: the most blocks scoring
     within that margin of the best), and depth only when the best beats channels alone by
     more than the margin.
     """
     reachable = [o for o in options if o["reachable"]]
-    if not reachable:
-        return 0, None
-    best = max(reachable, key=lambda o: (o["proxy_accuracy"], -o["blocks"]))
-    top = best["proxy_accuracy"]
     n = sum(1 for o in reachable if o["blocks"] > 0)
     z = max(1.0, math.sqrt(2 * math.log(max(n, 1))))
+    key = "proxy_accuracy"
+    if any("score" in o for o in reachable):  # re-scored: the finalists compete, on both draws
+        reachable, key = [o for o in reachable if "score" in o], "score"
+    if not reachable:
+        return 0, None
+    best = max(reachable, key=lambda o: (o[key], -o["blocks"]))
+    top = best[key]
     count = best["blocks"]
     if ties == "more":
         tie = score_se(top) * z
-        count = max(o["blocks"] for o in reachable if top - o["proxy_accuracy"] <= tie)
+        count = max(o["blocks"] for o in reachable if top - o[key] <= tie)
     if best["blocks"] == 0:
         return 0, None
     width = next((o for o in reachable if o["blocks"] == 0), None)
     if width is None:
         return count, None
-    margin = score_se(width["proxy_accuracy"]) * z
-    return (0 if top - width["proxy_accuracy"] <= margin else count), margin
+    margin = score_se(width[key]) * z
+    return (0 if top - width[key] <= margin else count), margin
 
 
 def option_counts(n_blocks: int, options: int) -> list[int]:

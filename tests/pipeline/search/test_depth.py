@@ -59,3 +59,19 @@ def test_unreachable_counts_are_never_picked():
 
 def test_an_exact_tie_goes_to_fewer_blocks_by_default():
     assert pick_count(_options({0: 0.30, 1: 0.50, 2: 0.50}), _se, "fewer")[0] == 1
+
+
+def test_re_scored_finalists_compete_on_both_draws_and_the_rest_not_at_all():
+    opts = _options(ABLATION_50)
+    # The disjoint draw says 3 blocks, not 2; 1 block was not a finalist and cannot win on
+    # its proxy score alone, however it compares with the finalists' combined scores.
+    scores = {0: 0.52, 2: 0.65, 3: 0.68}
+    for o in opts:
+        if o["blocks"] in scores:
+            o["score"] = scores[o["blocks"]]
+    count, margin = pick_count(opts, _se, "fewer")
+    assert count == 3
+    # N counts every option the finalists were screened from (7 with blocks), not the 2.
+    assert margin == pytest.approx(_se(0.52) * math.sqrt(2 * math.log(7)))
+    opts[1]["score"] = 0.70  # now 1 block is a finalist, and the best on both draws
+    assert pick_count(opts, _se, "fewer")[0] == 1
