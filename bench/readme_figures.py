@@ -109,6 +109,7 @@ def ablation(res: dict) -> str:
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "policy-ablation": ("ablation_policy/cifar10_resnet20.json", ablation),
     "policy-ablation-criterion": ("ablation_policy_criterion/cifar10_resnet20.json", ablation),
+    "depth-ties": ("depth_ties/cifar10_resnet20.json", ablation),
     "knapsack-40": ("knapsack_40/cifar10_resnet20.json", seed_table),
     "conformance": ("conformance.json", headline),
     "peer-grid": ("cifar10_resnet20.json", seed_table),
