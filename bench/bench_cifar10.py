@@ -136,6 +136,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=d.steps, help="latency steps to the budget")
     p.add_argument("--samples", type=int, default=d.samples, help="RL candidates per epoch")
     p.add_argument("--rl-epochs", type=int, default=d.rl_epochs)
+    p.add_argument(
+        "--val-subset",
+        type=int,
+        default=d.val_subset,
+        help="proxy images (search.val_subset); validation images beyond it let the search "
+        "re-score its finalists on a disjoint draw",
+    )
     p.add_argument("--repeats", type=int, default=d.repeats, help="final benchmark runs")
     p.add_argument("--seed", type=int, default=d.seed, help="data split + baseline seed")
     p.add_argument(
@@ -189,6 +196,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         steps=args.steps,
         samples=args.samples,
         rl_epochs=args.rl_epochs,
+        val_subset=args.val_subset,
         step_epochs=args.step_epochs,
         total_epochs=args.total_epochs,
         repeats=args.repeats,
