@@ -19,7 +19,7 @@ layers. The depth choice weighs blocks against channels at the goal itself:
    channels alone are scored again on a disjoint draw, and only they compete, by both draws
    together (:func:`rescore_options`);
 5. the count with the best proxy accuracy wins (exact ties: fewer blocks; with
-   ``search.depth_ties: more``, the most blocks scoring within the margin below of the
+   ``search.depth_ties: more``, the most blocks scoring within the margin of the
    best), provided the best beats channels alone (when they can reach the goal) by more
    than the margin: the proxy's standard error times sqrt(2 ln N) for N options (the best
    of N noisy scores beats a fair one by about that much by chance); the channel search
