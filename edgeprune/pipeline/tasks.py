@@ -70,6 +70,12 @@ class Task:
         """Images in :meth:`score`'s draw (0: unknown)."""
         return 0
 
+    def both_draws(self, proxy: float, second: float) -> float:
+        """The proxy's score and :meth:`rescore`'s together, weighted by the draws' sizes
+        (their mean when the sizes are unknown)."""
+        n1, n2 = self.score_size(), self.rescore_size()
+        return (n1 * proxy + n2 * second) / (n1 + n2) if n1 and n2 else 0.5 * (proxy + second)
+
     def recover(
         self,
         student: nn.Module,

@@ -230,13 +230,12 @@ def rescore_options(
     )
     finalists = reachable[: ctx.config.search.rescore_top]
     finalists += [o for o in reachable if o["blocks"] == 0 and o not in finalists]
-    n1, n2 = ctx.task.score_size(), ctx.task.rescore_size()
     for o in finalists:
         second = ctx.task.rescore(models[o["blocks"]])
         if second is None:
             return
         o["rescore"] = second
-        o["score"] = (n1 * o["proxy_accuracy"] + n2 * second) / (n1 + n2)
+        o["score"] = ctx.task.both_draws(o["proxy_accuracy"], second)
 
 
 def pick_count(

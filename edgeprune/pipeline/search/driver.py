@@ -434,14 +434,13 @@ def _rescore(
         finalists.append(own[0])
     if len(finalists) < 2:
         return chosen, []
-    n1, n2 = ctx.task.score_size(), ctx.task.rescore_size()
     rows, best = [], None
     for o in finalists:
         plan = PruningPlan(keep=dict(o.candidate.keep), channel_multiple=1)
         second = ctx.task.rescore(prune(model, groups, plan, importance).model)
         if second is None:
             return chosen, []
-        both = (n1 * o.accuracy + n2 * second) / (n1 + n2) if n1 else 0.5 * (o.accuracy + second)
+        both = ctx.task.both_draws(o.accuracy, second)
         r = reward_of(reward, both, o.latency_ms, o.macs, o.params)  # type: ignore[arg-type]
         rows.append(
             {"tag": o.candidate.tag, "proxy": o.accuracy, "rescore": second, "both": both,
